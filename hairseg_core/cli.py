@@ -1,0 +1,188 @@
+"""The ``hairseg`` console script: single runs and tools around the library.
+
+This is the one module of ``hairseg_core`` that parses a command line; it only composes
+library calls. The sweep itself is ``python pipelines/sweep.py``.
+
+    hairseg train --config configs/mobilenet.yaml [--output runs/m1] [--set epochs=3 ...]
+    hairseg evaluate --model runs/m1/checkpoint.pt --data ../shared/data/figaro1k [--split test]
+    hairseg validate search_spaces/paper.yaml
+    hairseg data download figaro1k --dest ~/data
+    hairseg data synthetic [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _parse_set(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hairseg_core.config import ConfigError, load_train_config, train_config_from_dict
+    from hairseg_core.report import format_table
+    from hairseg_core.train import CHECKPOINT_FILE, CheckpointError, Trainer
+
+    try:
+        cfg = load_train_config(args.config) if args.config else train_config_from_dict({})
+        if args.set:
+            cfg = train_config_from_dict({**cfg.model_dump(), **_parse_set(args.set)}, source="--set")
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    ckpt = out / CHECKPOINT_FILE
+    try:
+        if ckpt.is_file() and not args.restart:
+            trainer = Trainer.from_checkpoint(ckpt, progress=True)
+            if trainer.cfg != cfg:
+                print(
+                    f"{ckpt} holds a run with other settings; pass --restart or another --output",
+                    file=sys.stderr,
+                )
+                return 2
+            print(f"resuming {ckpt} after epoch {trainer.epoch}")
+        else:
+            trainer = Trainer(cfg, progress=True)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"training {cfg.backbone} (OS {cfg.output_stride}) on {cfg.dataset}: {len(trainer.train_set)} train / "
+        f"{len(trainer.val_set)} val images, device {trainer.device}"
+    )
+    for result in trainer.fit():
+        trainer.save_checkpoint(ckpt)
+        print(
+            f"epoch {result['epoch']}/{cfg.epochs}  loss {result['train_loss']:.4f}  val mIoU "
+            f"{result['val_miou']:.4f}  fwIoU {result['val_fwiou']:.4f}  boundary F {result['val_boundary_f']:.4f}"
+            f"  ({result['epoch_seconds']:.1f}s)",
+            flush=True,
+        )
+    cols = [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_acc_class",
+        "val_miou",
+        "val_fwiou",
+        "val_boundary_f",
+        "epoch_seconds",
+    ]
+    print()
+    print(format_table([{c: r[c] for c in cols} for r in trainer.history], title="metrics per epoch"))
+    (out / "metrics.json").write_text(json.dumps(trainer.history, indent=2))
+    print(f"\ncheckpoint: {ckpt}")
+    return 0
+
+
+def _dataset_for(data: str, split: str, name: str):
+    from hairseg_core.data import build_dataset
+
+    root = Path(data)
+    if name == "folder" and (root / "images").is_dir():  # DIR is itself a split directory
+        return build_dataset("folder", root.name, root=str(root.parent))
+    return build_dataset(name, split, root=str(root))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hairseg_core.evaluate import evaluate_predictor, load_predictor
+
+    try:
+        predictor = load_predictor(args.model, device=args.device)
+        dataset = _dataset_for(args.data, args.split, args.dataset)
+        scores = evaluate_predictor(predictor, dataset, max_images=args.max_images, progress=True)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    keys = ["acc", "acc_class", "miou", "fwiou", "boundary_f", "n_images", "ms_per_image"]
+    print(json.dumps({k: scores[k] for k in keys}))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hairseg_core.config import ConfigError, load_search_space
+
+    status = 0
+    for path in args.files:
+        try:
+            space = load_search_space(path)
+            print(f"{path}: ok ({len(space.params)} searched parameters, {space.num_samples} trials)")
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 2
+    return status
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "download":
+        from hairseg_core.data.download import download_dataset
+
+        path = download_dataset(args.name, args.dest, url=args.url)
+        print(path)
+        return 0
+    from hairseg_core.data.synthetic import ensure_synthetic
+
+    print(ensure_synthetic(root=args.root, size=args.size, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hairseg", description="DeepLabv3+ hair segmentation tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one configuration (no Ray)")
+    p.add_argument("--config", help="YAML of training settings (hairseg_core.config.TrainConfig fields)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
+    p.add_argument("--output", default="runs/train", help="folder for checkpoint.pt and metrics.json")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint or exported model on a dataset folder")
+    p.add_argument("--model", required=True, help="checkpoint .pt, model.onnx, model.ts or an export folder")
+    p.add_argument("--data", required=True, help="dataset root, or a split folder holding images/ and masks/")
+    p.add_argument("--split", default="test")
+    p.add_argument("--dataset", default="folder", help="layout: folder, figaro1k, lfw_parts, celebamask_hq")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("validate", help="validate search-space YAML files without running anything")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    d = dsub.add_parser("download", help="download and unpack a public dataset (needs internet)")
+    d.add_argument("name", choices=["lfw_parts", "figaro1k"])
+    d.add_argument("--dest", required=True)
+    d.add_argument("--url", help="mirror URL of the archive")
+    d = dsub.add_parser("synthetic", help="generate the built-in synthetic dataset into the cache")
+    d.add_argument("--root")
+    d.add_argument("--size", type=int, default=257)
+    d.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

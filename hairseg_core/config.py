@@ -1,0 +1,396 @@
+"""Typed configuration: one trial's settings and a sweep's search space.
+
+Everything a sweep does is data. A search space YAML is validated here, before Ray starts,
+so that a typo'd key or an empty choice list fails in a second on the laptop instead of an
+hour into a GPU cluster run. Errors name the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Metrics every trial reports (see ``hairseg_core.train``); a search space may optimise any.
+REPORTED_METRICS = (
+    "val_miou",
+    "val_fwiou",
+    "val_acc",
+    "val_acc_class",
+    "val_boundary_f",
+    "val_loss",
+    "train_loss",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or dict is invalid; the message names the source and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TrainConfig(_Strict):
+    """Settings of one training run (one Tune trial).
+
+    Field names are the names a search space uses, so ``params:`` keys in a YAML file are
+    checked against this class.
+    """
+
+    # model
+    backbone: str = "mobilenet_v2"
+    output_stride: Literal[8, 16] = 16
+    pretrained: str = Field("none", description='"none", "imagenet" or a path to a weights file')
+    aspp_channels: Annotated[int, Field(ge=8)] = 256
+    decoder_channels: Annotated[int, Field(ge=8)] = 256
+    # optimisation (paper: Adam, 1e-4 backbone, 1e-3 head)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_backbone: Annotated[float, Field(gt=0)] = 1e-4
+    lr_head: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    lr_schedule: Literal["poly", "cosine", "constant"] = "poly"
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    epochs: Annotated[int, Field(ge=1)] = 10
+    max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    # loss: L = L_M + gc_weight * L_C
+    loss: Literal["ce", "focal"] = "ce"
+    gc_weight: Annotated[float, Field(ge=0)] = 0.0
+    focal_gamma: Annotated[float, Field(ge=0)] = 2.0
+    focal_alpha: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # augmentation (paper §4.3, §5.3)
+    rsc: bool = False
+    blur: bool = False
+    mixup: bool = False
+    mixup_alpha: Annotated[float, Field(ge=0)] = 0.2
+    crop_size: Annotated[int, Field(ge=32)] = 257
+    base_size: Annotated[int, Field(ge=32)] = 257
+    eval_size: Annotated[int, Field(ge=32)] | None = None
+    # data
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    # runtime
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    num_workers: Annotated[int, Field(ge=0)] | None = None
+    channels_last: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from hairseg_core.models import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; expected one of {BACKBONES.names()}")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from hairseg_core.data import DATASETS
+
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
+        return value
+
+    @property
+    def effective_mixup_alpha(self) -> float:
+        """Mixup's Beta(α, α) parameter, 0 when mixup is off (α = 0 disables it)."""
+        return self.mixup_alpha if self.mixup else 0.0
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "output_stride": self.output_stride,
+            "num_classes": 2,
+            "pretrained": self.pretrained,
+            "aspp_channels": self.aspp_channels,
+            "decoder_channels": self.decoder_channels,
+        }
+
+
+# --------------------------------------------------------------------------- search space
+
+
+class ParamSpec(_Strict):
+    """One searched parameter.
+
+    ``when`` makes it conditional: ``{"loss": ["focal"]}`` means the parameter is sampled only
+    for trials whose earlier-sampled ``loss`` is one of those values (otherwise the trial uses
+    the fixed value or the TrainConfig default). ``by`` makes a categorical's choices depend on
+    an earlier parameter, e.g. a backbone-dependent batch size: ``choices`` is then a mapping
+    from that parameter's value to a list.
+    """
+
+    type: Literal["categorical", "float", "int"]
+    choices: list[Any] | dict[str, list[Any]] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    when: dict[str, Any] | None = None
+    by: str | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ParamSpec:
+        if self.type == "categorical":
+            if self.choices is None:
+                raise ValueError("categorical parameter needs 'choices'")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical parameter takes 'choices', not low/high/log/step")
+            if self.by is None:
+                if not isinstance(self.choices, list):
+                    raise ValueError("'choices' must be a list (a mapping needs 'by: <param>')")
+                if not self.choices:
+                    raise ValueError("'choices' is empty: give at least one value")
+            else:
+                if not isinstance(self.choices, dict) or not self.choices:
+                    raise ValueError(
+                        f"with 'by: {self.by}', 'choices' must map each {self.by} value to a list"
+                    )
+                for key, values in self.choices.items():
+                    if not values:
+                        raise ValueError(f"'choices' for {self.by}={key!r} is empty")
+        else:
+            if self.choices is not None or self.by is not None:
+                raise ValueError(f"{self.type} parameter takes low/high, not choices/by")
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} parameter needs both 'low' and 'high'")
+            if not self.low < self.high:
+                raise ValueError(f"'low' ({self.low}) must be below 'high' ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("log-scale parameter needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("'step' cannot be combined with 'log'")
+            if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+                raise ValueError("int parameter needs whole-number low/high")
+        return self
+
+    def values(self) -> list[Any]:
+        """Every value a categorical can take (for type checks); bounds for numeric ones."""
+        if self.type == "categorical":
+            if isinstance(self.choices, dict):
+                return [v for vs in self.choices.values() for v in vs]
+            return list(self.choices or [])
+        return [self.low, self.high]
+
+
+class SchedulerSpec(_Strict):
+    """ASHA early stopping. ``max_t`` defaults to the trials' epoch count."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    max_t: Annotated[int, Field(ge=1)] | None = None
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2
+
+
+class SearcherSpec(_Strict):
+    """Optuna settings. ``storage`` (e.g. ``sqlite:///optuna.db``) keeps the study on disk."""
+
+    sampler: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: Annotated[int, Field(ge=0)] = 4
+    storage: str | None = None
+    study_name: str | None = None
+
+
+class ResourcesSpec(_Strict):
+    """Resources one trial asks Ray for; ``gpu`` may be fractional (0.5 = two trials per GPU)."""
+
+    cpu: Annotated[float, Field(gt=0)] = 1
+    gpu: Annotated[float, Field(ge=0)] = 0
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_fraction(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("a GPU request above 1 must be a whole number")
+        return value
+
+
+class FinalizeSettings(_Strict):
+    """The ``finalize:`` block of a search space."""
+
+    test_split: str = "test"
+    max_test_images: Annotated[int, Field(ge=1)] | None = None
+    promote_metric: Literal["acc", "acc_class", "miou", "fwiou", "boundary_f"] = "miou"
+    promote_margin: float = 0.0
+    export_size: Annotated[int, Field(ge=32)] = 257
+    export_dir: str = "exports"
+    crf: dict[str, Any] = Field(default_factory=dict)
+    matting: dict[str, Any] = Field(default_factory=lambda: {"method": "mishima", "trimap_width": 10})
+    registered_model: str = "hairseg"
+
+
+
+class SearchSpace(_Strict):
+    """A sweep: fixed settings, searched parameters, objective, scheduler, budget, resources."""
+
+    name: str
+    description: str = ""
+    metric: str = "val_miou"
+    mode: Literal["max", "min"] = "max"
+    num_samples: Annotated[int, Field(ge=1)] = 8
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    searcher: SearcherSpec = Field(default_factory=SearcherSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_failures: Annotated[int, Field(ge=0)] = 2
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+    finalize: FinalizeSettings = Field(default_factory=FinalizeSettings)
+
+    @model_validator(mode="after")
+    def _check_semantics(self) -> SearchSpace:
+        fields = set(TrainConfig.model_fields)
+        if self.metric not in REPORTED_METRICS:
+            raise ValueError(
+                f"metric {self.metric!r} is not reported by trials; expected one of {REPORTED_METRICS}"
+            )
+        for key in self.fixed:
+            if key not in fields:
+                raise ValueError(f"fixed.{key}: not a training setting; expected one of {sorted(fields)}")
+        if "epochs" in self.params:
+            raise ValueError("params.epochs: epochs must be fixed (ASHA's max_t is the epoch count)")
+        seen: list[str] = []
+        for name, spec in self.params.items():
+            if name not in fields:
+                raise ValueError(f"params.{name}: not a training setting; expected one of {sorted(fields)}")
+            if name in self.fixed:
+                raise ValueError(f"params.{name}: also set in 'fixed'; a setting is either fixed or searched")
+            for dep in [*(spec.when or {}), *([spec.by] if spec.by else [])]:
+                if dep not in seen:
+                    raise ValueError(
+                        f"params.{name}: depends on {dep!r}, which must be a searched parameter listed before it"
+                    )
+            if spec.by and isinstance(spec.choices, dict):
+                parent = self.params[spec.by]
+                missing = [v for v in parent.values() if str(v) not in {str(k) for k in spec.choices}]
+                if parent.type == "categorical" and missing:
+                    raise ValueError(f"params.{name}.choices: no entry for {spec.by} = {missing}")
+            seen.append(name)
+        # every value that can reach a trial must be a valid TrainConfig value
+        base = dict(self.fixed)
+        try:
+            TrainConfig(**base)
+        except ValidationError as exc:
+            raise ValueError(f"fixed: {_first_error(exc)}") from None
+        for name, spec in self.params.items():
+            for value in spec.values():
+                probe = value if spec.type == "categorical" else _cast_numeric(spec, value)
+                try:
+                    TrainConfig(**{**base, name: probe})
+                except ValidationError as exc:
+                    raise ValueError(
+                        f"params.{name}: value {probe!r} is invalid: {_first_error(exc)}"
+                    ) from None
+        if self.scheduler.max_t is not None and self.scheduler.max_t != self.epochs:
+            raise ValueError(
+                f"scheduler.max_t ({self.scheduler.max_t}) must equal fixed.epochs ({self.epochs}): "
+                "trials report once per epoch"
+            )
+        if self.scheduler.grace_period > self.epochs:
+            raise ValueError(
+                f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds epochs ({self.epochs})"
+            )
+        return self
+
+    @property
+    def epochs(self) -> int:
+        return int(self.fixed.get("epochs", TrainConfig.model_fields["epochs"].default))
+
+    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
+        """Fixed settings + one trial's sampled values → a validated TrainConfig."""
+        return TrainConfig(**{**self.fixed, **sampled})
+
+
+def _cast_numeric(spec: ParamSpec, value: float | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if spec.type == "int" else float(value)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's error list into 'file: key.path: message' lines a person can act on."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see hairseg_core/config.py for the schema)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}")
+    return "\n".join(lines)
+
+
+def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML; ``overrides`` replace top-level keys (e.g. num_samples)."""
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(
+            f"{path}: search space file not found" + (f"; available: {available}" if available else "")
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    fixed = raw.get("fixed")
+    if isinstance(fixed, dict) and fixed.get("data_root"):
+        fixed["data_root"] = _absolute(fixed["data_root"])
+    return search_space_from_dict(raw, source=str(path))
+
+
+def _absolute(path: str) -> str:
+    """Relative data paths are relative to where the command runs; trials run elsewhere."""
+    return str(Path(path).expanduser().resolve())
+
+
+def search_space_from_dict(raw: dict[str, Any], source: str = "<dict>") -> SearchSpace:
+    try:
+        return SearchSpace(**raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a single-run YAML (``hairseg train --config``): TrainConfig fields at the top level."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of training settings")
+    if raw.get("data_root"):
+        raw["data_root"] = _absolute(raw["data_root"])
+    return train_config_from_dict(raw, source=str(path))
+
+
+def train_config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

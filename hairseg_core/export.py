@@ -1,0 +1,627 @@
+"""Export a trained DeepLabv3+ for deployment: TorchScript + ONNX + ``model.json``, with a parity check.
+
+What the webcam app needs is a model that maps an ImageNet-normalised ``[B, 3, H, W]`` batch to hair
+probabilities at *any* H, W (the bilinear upsampling to the input size must stay dynamic), plus a metadata
+file that says how to build that batch from a camera frame. Both exported files therefore wrap the network
+in :class:`ProbabilityModel` (softmax inside the graph, as the paper colours by softmax probability), and
+every export is verified numerically against eager PyTorch before it is declared done:
+
+* ``export_torchscript``: ``torch.jit.trace`` with ``check_inputs`` at a second batch size and an odd
+  spatial size, so a trace that baked in a shape fails at export time, not in the app.
+* ``export_onnx``: the ``torch.export``-based (dynamo) exporter with dynamic batch/height/width; if it
+  fails, cannot produce the requested opset, or its graph does not run at other sizes, the TorchScript-based
+  exporter with ``dynamic_axes`` is used instead. Either result is run in onnxruntime at 224x224 (batch 1)
+  and 257x257 (batch 3) and compared with eager PyTorch.
+* ``parity_check``: max |Δprob| against eager on a real image at its own resolution; ``ExportParityError``
+  above the tolerance (1e-4 by default).
+
+The default opset is 18 because the dynamo exporter has no lower-opset implementations (asking it for 17
+silently yields 18 after a failed down-conversion); pass ``opset=17`` to get a true opset-17 file from the
+TorchScript-based exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLASS_NAMES: tuple[str, ...] = ("background", "hair")
+METADATA_FORMAT = "hairseg-webcam-model"
+METADATA_VERSION = 1
+CHECKPOINT_FORMAT = "hairseg-export/1"
+DEFAULT_OPSET = 18
+DYNAMO_MIN_OPSET = 18
+PARITY_TOLERANCE = 1e-4
+
+#: File names written by :func:`export_all` (and looked up by ``inference.load_predictor`` in a directory).
+DEFAULT_FILES: dict[str, str] = {
+    "onnx": "model.onnx",
+    "torchscript": "model.ts",
+    "checkpoint": "model.pt",
+    "metadata": "model.json",
+}
+
+#: The only preprocessing mode so far; see ``hairseg_core.inference`` for the exact rule.
+PREPROCESS_MODES: dict[str, str] = {
+    "letterbox": (
+        "Scale the frame by input_size / max(H, W) (keeps the aspect ratio; cv2 INTER_AREA when shrinking, "
+        "INTER_LINEAR when enlarging), paste it centred on an input_size x input_size canvas whose padding "
+        "is the ImageNet mean colour (0 after normalisation), divide by 255, subtract mean, divide by std, "
+        "HWC RGB -> NCHW float32. The hair probability of the pasted region is cropped out and resized "
+        "bilinearly back to H x W, so every frame pixel gets a probability."
+    ),
+}
+
+
+class ExportError(RuntimeError):
+    """An export could not be produced or does not behave like the eager model."""
+
+
+class ExportParityError(ExportError):
+    """An exported model's probabilities differ from eager PyTorch by more than the tolerance."""
+
+
+class MetadataError(ValueError):
+    """``model.json`` is missing, unreadable or lacks a required key."""
+
+
+class ProbabilityModel(nn.Module):
+    """Wrap a logits model so it returns softmax probabilities ``[B, C, H, W]`` (channel 1 = hair).
+
+    Putting the softmax inside the exported graph keeps every runtime (TorchScript, ONNX, int8 ONNX)
+    numerically identical to what the app consumes, instead of re-implementing it per back-end.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """Export from a CPU copy in eval mode so the caller's model keeps its device and train/eval state."""
+    inner = model.model if isinstance(model, ProbabilityModel) else model
+    return copy.deepcopy(inner).cpu().eval()
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    inner = model.model if isinstance(model, ProbabilityModel) else model
+    config = getattr(inner, "config", None)
+    return dict(config) if isinstance(config, Mapping) else {}
+
+
+def normalize_image(image_rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB → ``[1, 3, H, W]`` float32 ImageNet-normalised tensor (no resizing)."""
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
+    arr = (image_rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
+        IMAGENET_STD, np.float32
+    )
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+
+
+# ------------------------------------------------------------------------------------------- TorchScript
+
+
+def _check_size(example_size: int) -> int:
+    if example_size < 64:
+        raise ValueError(f"example_size must be >= 64 (the network downsamples by 16-32), got {example_size}")
+    return int(example_size)
+
+
+def export_torchscript(model: nn.Module, path: str | Path, example_size: int = 257) -> Path:
+    """Trace ``ProbabilityModel(model)`` and save it to ``path`` (``.ts``).
+
+    The trace is checked (``check_inputs``) at batch 2 and a non-square size that is not a multiple of the
+    output stride; tracing records ``x.shape`` reads as graph ops, so the final upsampling stays dynamic.
+    """
+    size = _check_size(example_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = ProbabilityModel(_cpu_eval_copy(model)).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(1, 3, size, size, generator=generator)
+    check = torch.randn(2, 3, size - 64 + 1, size + 31, generator=generator)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still supported
+        try:
+            traced = torch.jit.trace(wrapped, example, check_inputs=[(check,)], check_tolerance=1e-5)
+        except Exception as exc:  # TracingCheckError and friends
+            raise ExportError(f"TorchScript trace of {type(wrapped.model).__name__} failed its check: {exc}") from exc
+        traced.save(str(path))
+    return path
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """Load a ``.ts`` file on the CPU in eval mode (quietly: torch.jit warns that it is deprecated)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    return module.eval()
+
+
+# ------------------------------------------------------------------------------------------------- ONNX
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """Where the ONNX file went and how it was made (recorded in ``model.json``)."""
+
+    path: Path
+    exporter: str  # "dynamo" or "torchscript"
+    opset: int
+    fallback_reason: str | None = None
+
+
+def onnx_session(path: str | Path, intra_op_threads: int | None = None) -> Any:
+    """onnxruntime CPU session with all graph optimisations (fusions, constant folding, layout)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = int(intra_op_threads)
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_opset(path: Path) -> int:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _verify_onnx_dynamic(path: Path, wrapped: nn.Module) -> None:
+    """Run the file at (1, 224, 224) and (3, 257, 257) and compare with eager; raise ExportError if off."""
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    generator = torch.Generator().manual_seed(1)
+    for batch, size in ((1, 224), (3, 257)):
+        x = torch.randn(batch, 3, size, size, generator=generator)
+        try:
+            got = session.run(None, {name: x.numpy()})[0]
+        except Exception as exc:
+            raise ExportError(f"{path}: onnxruntime cannot run batch {batch} at {size}x{size}: {exc}") from exc
+        if got.shape[0] != batch or got.shape[2:] != (size, size):
+            raise ExportError(f"{path}: output shape {got.shape} for input {(batch, 3, size, size)}")
+        with torch.no_grad():
+            want = wrapped(x).numpy()
+        diff = float(np.max(np.abs(got - want)))
+        if diff > PARITY_TOLERANCE:
+            raise ExportError(f"{path}: batch {batch} at {size}x{size} differs from eager by {diff:.2e}")
+
+
+def _export_onnx_dynamo(wrapped: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=256)
+    height = torch.export.Dim("height", min=64, max=4096)
+    width = torch.export.Dim("width", min=64, max=4096)
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        str(path),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["probs"],
+        dynamic_shapes=({0: batch, 2: height, 3: width},),
+        external_data=False,
+        verbose=False,
+    )
+
+
+def _export_onnx_torchscript(wrapped: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["probs"],
+        dynamic_axes={"input": axes, "probs": axes},
+        do_constant_folding=True,
+    )
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, example_size: int = 257) -> OnnxExport:
+    """Export ``ProbabilityModel(model)`` to ONNX with dynamic batch, height and width.
+
+    Tries the dynamo exporter first, falls back to the TorchScript-based one (see module docstring); the
+    returned :class:`OnnxExport` says which one produced the file and why a fallback happened.
+    """
+    size = _check_size(example_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = ProbabilityModel(_cpu_eval_copy(model)).eval()
+    example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    reason: str | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter progress chatter and deprecation notices
+        try:
+            if opset < DYNAMO_MIN_OPSET:
+                raise ExportError(f"the dynamo exporter implements opset >= {DYNAMO_MIN_OPSET} only")
+            with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+                _export_onnx_dynamo(wrapped, example, path, opset)
+            got_opset = _onnx_opset(path)
+            if got_opset != opset:
+                raise ExportError(f"dynamo exporter produced opset {got_opset}, not the requested {opset}")
+            _verify_onnx_dynamic(path, wrapped)
+            return OnnxExport(path=path, exporter="dynamo", opset=got_opset)
+        except Exception as exc:  # the fallback below is the documented plan B for any dynamo failure
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        try:
+            _export_onnx_torchscript(wrapped, example, path, opset)
+            _verify_onnx_dynamic(path, wrapped)
+        except Exception as exc:
+            raise ExportError(
+                f"ONNX export of {type(wrapped.model).__name__} to {path} failed with both exporters; "
+                f"dynamo: {reason}; torchscript: {exc}"
+            ) from exc
+    return OnnxExport(path=path, exporter="torchscript", opset=_onnx_opset(path), fallback_reason=reason)
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+
+def _exported_probs(path: Path, x: torch.Tensor) -> np.ndarray:
+    if path.suffix == ".onnx":
+        session = onnx_session(path)
+        return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    if path.suffix == ".ts":
+        with torch.no_grad():
+            return load_torchscript(path)(x).numpy()
+    raise ValueError(f"{path}: parity_check knows .onnx and .ts files, not {path.suffix!r}")
+
+
+def parity_check(
+    model: nn.Module,
+    exported_paths: Iterable[str | Path],
+    image: np.ndarray,
+    tolerance: float = PARITY_TOLERANCE,
+) -> dict[str, float]:
+    """Max |Δprob| between eager ``model`` and each exported file on ``image`` (HxWx3 uint8 RGB).
+
+    The image is only normalised, not resized, so the check also covers sizes other than the example size
+    used at export time. Returns ``{file name: max abs diff}``; raises :class:`ExportParityError` naming
+    every file above ``tolerance``.
+    """
+    x = normalize_image(image)
+    wrapped = ProbabilityModel(_cpu_eval_copy(model)).eval()
+    with torch.no_grad():
+        reference = wrapped(x).numpy()
+    diffs: dict[str, float] = {}
+    for raw in exported_paths:
+        path = Path(raw)
+        got = _exported_probs(path, x)
+        if got.shape != reference.shape:
+            raise ExportParityError(f"{path}: output shape {got.shape} != eager {reference.shape}")
+        diffs[path.name] = float(np.max(np.abs(got - reference)))
+    failed = {k: v for k, v in diffs.items() if not v < tolerance}
+    if failed:
+        detail = ", ".join(f"{k}: {v:.2e}" for k, v in failed.items())
+        raise ExportParityError(
+            f"exported probabilities differ from eager PyTorch by more than {tolerance:g} on a "
+            f"{image.shape[1]}x{image.shape[0]} image: {detail}"
+        )
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------- latency
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock statistics of repeated calls, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    repeats: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+
+
+def measure_latency(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> LatencyStats:
+    """Call ``fn`` ``warmup`` times untimed (allocator, caches, lazy init), then time ``repeats`` calls.
+
+    The median is the headline number because a shared 2-core machine produces occasional slow outliers
+    that would dominate a mean.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    ordered = sorted(times)
+    return LatencyStats(
+        median_ms=statistics.median(times),
+        mean_ms=statistics.fmean(times),
+        p90_ms=ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))],
+        min_ms=ordered[0],
+        repeats=repeats,
+    )
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything a deployment needs besides the weights; serialised as ``model.json``."""
+
+    input_size: int
+    model_config: dict[str, Any] = field(default_factory=dict)
+    preprocess: str = "letterbox"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = CLASS_NAMES
+    hair_channel: int = 1
+    metrics: dict[str, float] = field(default_factory=dict)
+    onnx_opset: int | None = None
+    onnx_exporter: str | None = None
+    torch_version: str = torch.__version__
+    created_at: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if int(self.input_size) < 32:
+            raise MetadataError(f"input_size must be >= 32, got {self.input_size}")
+        if self.preprocess not in PREPROCESS_MODES:
+            raise MetadataError(
+                f"preprocess mode {self.preprocess!r} unknown; expected one of {sorted(PREPROCESS_MODES)}"
+            )
+        if not 0 <= self.hair_channel < len(self.class_names):
+            raise MetadataError(f"hair_channel {self.hair_channel} outside class_names {list(self.class_names)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise MetadataError(f"mean/std must be three numbers (std > 0), got {self.mean} / {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": METADATA_FORMAT,
+            "format_version": METADATA_VERSION,
+            "input": {"size": int(self.input_size), "layout": "NCHW", "dtype": "float32", "color_order": "RGB"},
+            "preprocess": {"mode": self.preprocess, "rule": PREPROCESS_MODES[self.preprocess]},
+            "normalization": {"pixel_scale": 1.0 / 255.0, "mean": list(self.mean), "std": list(self.std)},
+            "output": {
+                "kind": "softmax_probabilities",
+                "shape": "[B, num_classes, H, W] at the input size",
+                "hair_channel": int(self.hair_channel),
+            },
+            "class_names": list(self.class_names),
+            "model": {
+                "backbone": self.model_config.get("backbone"),
+                "output_stride": self.model_config.get("output_stride"),
+                "config": dict(self.model_config),
+            },
+            "metrics": dict(self.metrics),
+            "export": {
+                "onnx_opset": self.onnx_opset,
+                "onnx_exporter": self.onnx_exporter,
+                "torch_version": self.torch_version,
+                "created_at": self.created_at,
+                "files": dict(self.files),
+                "parity_max_abs_diff": dict(self.parity),
+                "latency_ms": dict(self.latency_ms),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "model.json") -> ModelMetadata:
+        def need(*keys: str) -> Any:
+            node: Any = data
+            for depth, key in enumerate(keys):
+                if not isinstance(node, Mapping) or key not in node:
+                    raise MetadataError(f"{source}: missing key {'.'.join(keys[: depth + 1])!r}")
+                node = node[key]
+            return node
+
+        if data.get("format") != METADATA_FORMAT:
+            raise MetadataError(f"{source}: 'format' is {data.get('format')!r}, expected {METADATA_FORMAT!r}")
+        if int(data.get("format_version", -1)) > METADATA_VERSION:
+            raise MetadataError(
+                f"{source}: format_version {data.get('format_version')} is newer than this code "
+                f"understands ({METADATA_VERSION})"
+            )
+        export = data.get("export", {}) or {}
+        try:
+            return cls(
+                input_size=int(need("input", "size")),
+                model_config=dict(data.get("model", {}).get("config") or {}),
+                preprocess=str(need("preprocess", "mode")),
+                mean=tuple(float(v) for v in need("normalization", "mean")),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in need("normalization", "std")),  # type: ignore[arg-type]
+                class_names=tuple(str(v) for v in need("class_names")),
+                hair_channel=int(need("output", "hair_channel")),
+                metrics={str(k): v for k, v in (data.get("metrics") or {}).items()},
+                onnx_opset=export.get("onnx_opset"),
+                onnx_exporter=export.get("onnx_exporter"),
+                torch_version=str(export.get("torch_version", "")),
+                created_at=str(export.get("created_at", "")),
+                files={str(k): str(v) for k, v in (export.get("files") or {}).items()},
+                parity={str(k): float(v) for k, v in (export.get("parity_max_abs_diff") or {}).items()},
+                latency_ms={str(k): float(v) for k, v in (export.get("latency_ms") or {}).items()},
+            )
+        except MetadataError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise MetadataError(f"{source}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"{source}: malformed value: {exc}") from exc
+
+
+def write_metadata(
+    path: str | Path,
+    *,
+    input_size: int,
+    model_config: Mapping[str, Any],
+    metrics: Mapping[str, float] | None = None,
+    onnx_opset: int | None = None,
+    onnx_exporter: str | None = None,
+    files: Mapping[str, str] | None = None,
+    parity: Mapping[str, float] | None = None,
+    latency_ms: Mapping[str, float] | None = None,
+    preprocess: str = "letterbox",
+) -> ModelMetadata:
+    """Write ``model.json`` (ImageNet mean/std, class names, torch version and a UTC timestamp are filled in)."""
+    metadata = ModelMetadata(
+        input_size=int(input_size),
+        model_config=dict(model_config),
+        preprocess=preprocess,
+        metrics={str(k): float(v) for k, v in (metrics or {}).items()},
+        onnx_opset=onnx_opset,
+        onnx_exporter=onnx_exporter,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        files=dict(files or {}),
+        parity=dict(parity or {}),
+        latency_ms=dict(latency_ms or {}),
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
+    return metadata
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Read ``model.json`` (or ``<dir>/model.json``) with errors that name the file and the key."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DEFAULT_FILES["metadata"]
+    if not path.is_file():
+        raise MetadataError(f"{path}: metadata file not found (export_all writes it next to the model)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MetadataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return ModelMetadata.from_dict(data, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------- everything
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Save ``{"format", "model_config", "model_state"}`` so the eager back-end can rebuild the model."""
+    inner = _cpu_eval_copy(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "model_config": _model_config(model), "model_state": inner.state_dict()},
+        path,
+    )
+    return path
+
+
+def export_all(
+    model: nn.Module,
+    out_dir: str | Path,
+    input_size: int,
+    metrics: Mapping[str, float] | None = None,
+    sample_image: np.ndarray | None = None,
+    opset: int = DEFAULT_OPSET,
+    latency_repeats: int = 10,
+) -> dict[str, Any]:
+    """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
+
+    ``sample_image`` (HxWx3 uint8 RGB, ideally a real photo) is used for the parity check at its own
+    resolution; without one a deterministic synthetic portrait-like image is used and the returned dict
+    says so. Latency is the median model-only time of each back-end at ``input_size`` (batch 1) on this
+    machine. Returns paths, parity, latency and the ONNX exporter/opset used.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {key: out / name for key, name in DEFAULT_FILES.items()}
+    save_checkpoint(model, paths["checkpoint"])
+    export_torchscript(model, paths["torchscript"], example_size=input_size)
+    onnx_info = export_onnx(model, paths["onnx"], opset=opset, example_size=input_size)
+
+    image_source = "sample_image"
+    if sample_image is None:
+        sample_image, image_source = synthetic_portrait(input_size + 23, input_size - 17), "synthetic"
+    parity = parity_check(model, [paths["torchscript"], paths["onnx"]], sample_image)
+
+    from .inference import BACKENDS  # late import: inference imports this module
+
+    x = np.ascontiguousarray(normalize_image(synthetic_portrait(input_size, input_size)).numpy())
+    latency: dict[str, float] = {}
+    for backend, file_key in (("eager", "checkpoint"), ("torchscript", "torchscript"), ("onnx", "onnx")):
+        runner = BACKENDS.build(backend, paths[file_key])
+        latency[backend] = round(measure_latency(lambda r=runner: r(x), repeats=latency_repeats).median_ms, 3)
+
+    write_metadata(
+        paths["metadata"],
+        input_size=input_size,
+        model_config=_model_config(model),
+        metrics=metrics,
+        onnx_opset=onnx_info.opset,
+        onnx_exporter=onnx_info.exporter,
+        files={k: v for k, v in DEFAULT_FILES.items() if k != "metadata"},
+        parity=parity,
+        latency_ms=latency,
+    )
+    return {
+        **{key: path for key, path in paths.items()},
+        "dir": out,
+        "parity": parity,
+        "parity_image": image_source,
+        "latency_ms": latency,
+        "onnx_exporter": onnx_info.exporter,
+        "onnx_opset": onnx_info.opset,
+        "onnx_fallback_reason": onnx_info.fallback_reason,
+    }
+
+
+def synthetic_portrait(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic image-like RGB frame: smooth background, skin-toned face, dark textured hair.
+
+    Used when no real photo is at hand (tests, parity without data): unlike uniform noise it has the
+    smooth regions and strong edges of a photo, so activations look like those of real inputs.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.empty((height, width, 3), np.float32)
+    image[..., 0] = 120 + 80 * xx / max(width - 1, 1)
+    image[..., 1] = 140 + 60 * yy / max(height - 1, 1)
+    image[..., 2] = 170 - 50 * xx / max(width - 1, 1)
+    cx, cy = width / 2, height * 0.55
+    hair = ((xx - cx) / (0.34 * width)) ** 2 + ((yy - cy * 0.85) / (0.42 * height)) ** 2 < 1
+    strands = 25 * np.sin(xx * 0.9 + 3 * np.sin(yy * 0.05)) + rng.normal(0, 8, (height, width))
+    image[hair] = np.stack([45 + strands, 32 + strands, 25 + strands], -1)[hair]
+    face = ((xx - cx) / (0.22 * width)) ** 2 + ((yy - cy) / (0.3 * height)) ** 2 < 1
+    image[face] = (224, 172, 140)
+    image = cv2.GaussianBlur(image, (3, 3), 0) + rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)

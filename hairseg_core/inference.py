@@ -1,0 +1,310 @@
+"""Frame → hair probability, behind interchangeable back-ends (ONNX Runtime, TorchScript, eager PyTorch).
+
+Preprocessing (``letterbox``, the rule recorded in ``model.json``), exactly:
+
+1. ``scale = input_size / max(H, W)``; the frame (HxWx3 uint8 RGB) is resized to
+   ``round(W * scale) x round(H * scale)`` (``cv2.INTER_AREA`` when shrinking, ``INTER_LINEAR`` when
+   enlarging), i.e. a fixed scale for a given camera resolution and no aspect-ratio distortion;
+2. it is pasted centred on an ``input_size x input_size`` canvas; the padding is the ImageNet mean colour,
+   which is 0 after normalisation, so the network sees "nothing" there;
+3. ``(pixel / 255 - mean) / std`` per RGB channel, HWC → NCHW float32, batch of one;
+4. the network returns softmax probabilities at the canvas size; the hair channel of the pasted region is
+   cropped out and resized bilinearly to H x W.
+
+Why letterbox and not resize-short-side + centre-crop: a crop would leave the frame borders without a
+probability (the app must colour the whole frame), and a plain resize would squash faces, which the model
+never saw in training. A fixed square input also keeps latency constant and suits int8 / static-shape
+runtimes.
+
+``load_predictor`` picks the back-end from the file suffix (``.onnx``, ``.ts``, ``.pt``) or, for a directory
+written by ``export.export_all``, from ``model.json`` (ONNX by default, the fastest on CPU). A
+``models:/name@alias`` URI is resolved through ``hairseg_core.tracking.resolve_model_uri`` first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from .export import (
+    DEFAULT_FILES,
+    ModelMetadata,
+    ProbabilityModel,
+    load_torchscript,
+    onnx_session,
+    read_metadata,
+)
+from .registry import Registry
+
+#: Input size assumed for a bare ``.pt`` checkpoint without ``model.json`` or a crop size in its config.
+DEFAULT_INPUT_SIZE = 257
+
+SUFFIX_BACKENDS: dict[str, str] = {".onnx": "onnx", ".ts": "torchscript", ".pt": "eager", ".pth": "eager"}
+BACKEND_FILE_KEYS: dict[str, str] = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}
+
+
+class InferenceError(RuntimeError):
+    """A model file could not be loaded or does not produce the expected output."""
+
+
+class Runner(Protocol):
+    """A back-end: normalised ``[B, 3, H, W]`` float32 batch → probabilities ``[B, C, H, W]`` float32."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+BACKENDS: Registry[Runner] = Registry("inference backend")
+
+
+@BACKENDS.register("onnx")
+class OnnxRunner:
+    """onnxruntime CPU session, ``ORT_ENABLE_ALL``; ``intra_op_threads=None`` lets ORT use all cores."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, intra_op_threads: int | None = None, **_: Any) -> None:
+        self.path = Path(path)
+        try:
+            self.session = onnx_session(self.path, intra_op_threads=intra_op_threads)
+        except Exception as exc:
+            raise InferenceError(f"{self.path}: onnxruntime cannot load this file: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+class _TorchRunner:
+    """Shared part of the PyTorch back-ends: inference mode, optional channels-last input."""
+
+    name = "torch"
+    module: torch.nn.Module
+    channels_last: bool = False
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.module(x).float().numpy()
+
+
+@BACKENDS.register("torchscript")
+class TorchScriptRunner(_TorchRunner):
+    """A traced ``ProbabilityModel`` saved by ``export.export_torchscript``."""
+
+    name = "torchscript"
+
+    def __init__(self, path: str | Path, **_: Any) -> None:
+        self.path = Path(path)
+        try:
+            self.module = load_torchscript(self.path)
+        except Exception as exc:
+            raise InferenceError(f"{self.path}: cannot load TorchScript module: {exc}") from exc
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint holding ``model_config`` and ``model_state``.
+
+    Works for the training loop's checkpoints and ``export.save_checkpoint`` files. ``weights_only=True``
+    means no code from the pickle is executed. Returns the eval-mode model and the whole checkpoint dict.
+    """
+    from .models import build_model  # late import: the ONNX path must not pay for building models
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InferenceError(f"{path}: cannot read checkpoint: {exc}") from exc
+    missing = [key for key in ("model_config", "model_state") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InferenceError(f"{path}: checkpoint lacks {missing}; expected a dict with model_config and model_state")
+    model = build_model(**{**state["model_config"], "pretrained": "none"})
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as exc:
+        raise InferenceError(f"{path}: model_state does not fit model_config {state['model_config']}: {exc}") from exc
+    return model.eval(), state
+
+
+@BACKENDS.register("eager")
+class EagerRunner(_TorchRunner):
+    """Eager PyTorch from a checkpoint; ``channels_last=True`` converts weights and input to NHWC."""
+
+    name = "eager"
+
+    def __init__(self, path: str | Path, channels_last: bool = False, **_: Any) -> None:
+        self.path = Path(path)
+        model, self.checkpoint = load_checkpoint_model(self.path)
+        self.module = ProbabilityModel(model).eval()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------- preprocess
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a frame of ``frame_hw`` sits inside the ``size x size`` network input."""
+
+    frame_hw: tuple[int, int]
+    size: int
+    resized_hw: tuple[int, int]
+    top: int
+    left: int
+
+    @classmethod
+    def fit(cls, height: int, width: int, size: int) -> Letterbox:
+        if height < 1 or width < 1:
+            raise ValueError(f"frame must be non-empty, got {height}x{width}")
+        scale = size / max(height, width)
+        new_h = min(size, max(1, round(height * scale)))
+        new_w = min(size, max(1, round(width * scale)))
+        return cls((height, width), size, (new_h, new_w), (size - new_h) // 2, (size - new_w) // 2)
+
+
+class Preprocessor:
+    """Letterbox + ImageNet normalisation into a reused buffer (no per-frame allocation of the canvas)."""
+
+    def __init__(self, metadata: ModelMetadata) -> None:
+        if metadata.preprocess != "letterbox":
+            raise InferenceError(f"preprocess mode {metadata.preprocess!r} is not implemented here")
+        self.size = int(metadata.input_size)
+        std = np.asarray(metadata.std, np.float32)
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._bias = (-np.asarray(metadata.mean, np.float32) / std).astype(np.float32)
+        self._canvas = np.zeros((1, 3, self.size, self.size), np.float32)
+
+    def __call__(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
+            raise ValueError(f"frame must be HxWx3 uint8 RGB, got shape {frame_rgb.shape} {frame_rgb.dtype}")
+        box = Letterbox.fit(frame_rgb.shape[0], frame_rgb.shape[1], self.size)
+        new_h, new_w = box.resized_hw
+        interp = cv2.INTER_AREA if new_h < frame_rgb.shape[0] else cv2.INTER_LINEAR
+        resized = cv2.resize(frame_rgb, (new_w, new_h), interpolation=interp)
+        normalised = resized.astype(np.float32) * self._scale + self._bias  # HWC
+        self._canvas.fill(0.0)
+        self._canvas[0, :, box.top : box.top + new_h, box.left : box.left + new_w] = normalised.transpose(2, 0, 1)
+        return self._canvas, box
+
+
+def unletterbox(prob: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Crop the pasted region out of a ``size x size`` map and resize it bilinearly to the frame size."""
+    new_h, new_w = box.resized_hw
+    crop = np.ascontiguousarray(prob[box.top : box.top + new_h, box.left : box.left + new_w], dtype=np.float32)
+    height, width = box.frame_hw
+    if (new_h, new_w) == (height, width):
+        return crop
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+# -------------------------------------------------------------------------------------------- predictor
+
+
+class HairPredictor:
+    """``predictor(frame_rgb) -> HxW float32 hair probability`` for a frame of any size."""
+
+    def __init__(self, runner: Runner, metadata: ModelMetadata) -> None:
+        self.runner = runner
+        self.metadata = metadata
+        self.preprocess = Preprocessor(metadata)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    @property
+    def input_size(self) -> int:
+        return self.metadata.input_size
+
+    def __call__(self, frame_rgb: np.ndarray) -> np.ndarray:
+        batch, box = self.preprocess(frame_rgb)
+        probs = self.runner(batch)
+        expected = (1, len(self.metadata.class_names), self.input_size, self.input_size)
+        if probs.shape != expected:
+            raise InferenceError(f"{self.backend} back-end returned shape {probs.shape}, expected {expected}")
+        return np.clip(unletterbox(probs[0, self.metadata.hair_channel], box), 0.0, 1.0)
+
+
+def _resolve(path_or_uri: str | Path) -> Path:
+    text = str(path_or_uri)
+    if text.startswith("models:/"):
+        from .tracking import resolve_model_uri  # late import: keeps MLflow out of plain file use
+
+        return Path(resolve_model_uri(text))
+    path = Path(path_or_uri).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path {path} does not exist (expected .onnx, .ts, .pt or an export dir)")
+    return path
+
+
+def _metadata_for_file(path: Path, backend: str, input_size: int | None, runner: Runner) -> ModelMetadata:
+    """Metadata of a single model file: ``model.json`` beside it, else defaults (ImageNet, letterbox)."""
+    sibling = path.parent / DEFAULT_FILES["metadata"]
+    if sibling.is_file():
+        metadata = read_metadata(sibling)
+        if input_size is not None and input_size != metadata.input_size:
+            warnings.warn(
+                f"{sibling} says input size {metadata.input_size}; using the requested {input_size}",
+                stacklevel=3,
+            )
+            metadata = ModelMetadata(**{**metadata.__dict__, "input_size": input_size})
+        return metadata
+    config: dict[str, Any] = {}
+    size = input_size
+    if isinstance(runner, EagerRunner):
+        config = dict(runner.checkpoint.get("model_config", {}))
+        train_config = runner.checkpoint.get("train_config") or {}
+        size = size or train_config.get("eval_size") or train_config.get("crop_size")
+    return ModelMetadata(input_size=int(size or DEFAULT_INPUT_SIZE), model_config=config)
+
+
+def load_predictor(
+    path_or_uri: str | Path,
+    backend: str | None = None,
+    *,
+    intra_op_threads: int | None = None,
+    channels_last: bool = False,
+    input_size: int | None = None,
+) -> HairPredictor:
+    """Load a model file, an ``export_all`` directory or a ``models:/`` URI as a :class:`HairPredictor`.
+
+    ``backend`` ("onnx", "torchscript", "eager") defaults to the file suffix, or to "onnx" for a directory;
+    for a directory it selects which of the exported files to use. ``input_size`` overrides the metadata's
+    (useful for benchmarks; the model accepts any size). ``intra_op_threads`` applies to ONNX Runtime,
+    ``channels_last`` to eager PyTorch.
+    """
+    path = _resolve(path_or_uri)
+    if backend is not None:
+        BACKENDS.get(backend)  # UnknownNameError listing the valid names
+    options = {"intra_op_threads": intra_op_threads, "channels_last": channels_last}
+    if path.is_dir():
+        metadata = read_metadata(path)
+        backend = backend or "onnx"
+        file_key = BACKEND_FILE_KEYS[backend]
+        model_file = path / metadata.files.get(file_key, DEFAULT_FILES[file_key])
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{path}: no {backend} model file {model_file.name} in this export directory")
+        if input_size is not None:
+            metadata = ModelMetadata(**{**metadata.__dict__, "input_size": input_size})
+        return HairPredictor(BACKENDS.build(backend, model_file, **options), metadata)
+
+    suffix_backend = SUFFIX_BACKENDS.get(path.suffix.lower())
+    if suffix_backend is None:
+        raise InferenceError(
+            f"{path}: unknown model file type {path.suffix!r}; expected one of {sorted(SUFFIX_BACKENDS)}"
+        )
+    if backend is not None and backend != suffix_backend:
+        raise InferenceError(f"{path}: a {path.suffix} file needs the {suffix_backend!r} back-end, not {backend!r}")
+    runner = BACKENDS.build(suffix_backend, path, **options)
+    return HairPredictor(runner, _metadata_for_file(path, suffix_backend, input_size, runner))

@@ -1,0 +1,430 @@
+"""One training run (one Tune trial) without Ray: build, train, evaluate, checkpoint.
+
+``Trainer`` is driven epoch by epoch so that the caller decides what to do with each
+epoch's metrics: the CLI prints them, the Tune glue reports them to ASHA and MLflow. A
+checkpoint holds everything needed to continue *identically*: model, optimiser, LR schedule,
+AMP scaler, epoch and RNG states, plus the history and caller-owned ``extra`` data (the Tune
+glue keeps the trial's MLflow run id there so a restored trial continues its own run).
+
+Determinism: every epoch reseeds torch / numpy / random, the DataLoader's shuffling and the
+augmentation RNG from ``(seed, epoch)``, so epoch k after a resume sees the same batches and
+the same augmentations as epoch k of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hairseg_core.config import TrainConfig, train_config_from_dict
+from hairseg_core.data import build_dataset
+from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
+from hairseg_core.data.mixup import mixup_batch
+from hairseg_core.data.transforms import build_eval_transform, build_train_transform
+from hairseg_core.losses import build_loss, mixed_loss
+from hairseg_core.metrics import SegmentationMetrics
+from hairseg_core.models import build_model, param_groups
+
+CHECKPOINT_FORMAT = "hairseg-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or from another format."""
+
+
+@dataclass
+class TrialData:
+    """The decoded train and validation splits a trial trains on (shareable across trials)."""
+
+    train: MaterializedSplit
+    val: MaterializedSplit
+
+
+def data_key(cfg: TrainConfig) -> tuple[Any, ...]:
+    """Settings that decide which images a trial sees; trials with equal keys can share data."""
+    return (cfg.dataset, cfg.data_root, tuple(sorted(cfg.dataset_options.items())))
+
+
+def load_trial_data(cfg: TrainConfig, progress: bool = False) -> TrialData:
+    """Decode the train and validation splits named by ``cfg`` into memory."""
+    splits = {}
+    for split in ("train", "val"):
+        ds = build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options)
+        if len(ds) == 0:
+            raise ValueError(f"dataset {cfg.dataset!r} split {split!r} is empty (root: {cfg.data_root})")
+        splits[split] = MaterializedSplit.from_dataset(ds, desc=f"loading {split}" if progress else None)
+    return TrialData(train=splits["train"], val=splits["val"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but torch sees no CUDA GPU; use device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % 2**31
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own, reproducible augmentation stream."""
+    info = torch.utils.data.get_worker_info()
+    worker_seed = torch.initial_seed() % 2**31
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(worker_seed)
+
+
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "mask": torch.stack([torch.as_tensor(b["mask"]).long() for b in batch]),
+        "name": [b["name"] for b in batch],
+    }
+
+
+def default_num_workers(cpus: int | None) -> int:
+    """Loader workers for the CPUs a trial was given: one CPU stays with the training loop."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(0, min(4, int(cpus) - 1))
+
+
+class Trainer:
+    """Trains one DeepLabv3+ configuration; iterate :meth:`fit` for per-epoch metrics."""
+
+    def __init__(
+        self,
+        config: TrainConfig | dict[str, Any],
+        data: TrialData | None = None,
+        cpus: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.cfg = config if isinstance(config, TrainConfig) else train_config_from_dict(config)
+        cfg = self.cfg
+        self.progress = progress
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.data = data if data is not None else load_trial_data(cfg, progress=progress)
+
+        self.model = build_model(**cfg.model_kwargs).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, momentum=cfg.momentum, nesterov=True
+            )
+        elif cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups)
+        else:
+            self.optimizer = torch.optim.Adam(groups)
+        self.loss_fn = build_loss(
+            cfg.loss, gc_weight=cfg.gc_weight, focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(cpus)
+        eval_size = cfg.eval_size or cfg.crop_size
+        self.train_set = TransformedDataset(
+            self.data.train, build_train_transform(cfg.crop_size, cfg.base_size, rsc=cfg.rsc, blur=cfg.blur)
+        )
+        self.val_set = TransformedDataset(self.data.val, build_eval_transform(eval_size))
+        if len(self.train_set) < cfg.batch_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} exceeds the {len(self.train_set)} training images of {cfg.dataset!r}"
+            )
+        self.loader_generator = torch.Generator()
+        loader_kw: dict[str, Any] = {
+            "num_workers": workers,
+            "collate_fn": _collate,
+            "pin_memory": self.device.type == "cuda",
+        }
+        if workers > 0:
+            loader_kw.update(worker_init_fn=_seed_worker, prefetch_factor=2)
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=self.loader_generator,
+            **loader_kw,
+        )
+        self.val_loader = DataLoader(
+            self.val_set, batch_size=max(1, cfg.batch_size), shuffle=False, **loader_kw
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        total = max(1, self.steps_per_epoch * cfg.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg.lr_schedule, total))
+
+        self.epoch = 0  # completed epochs
+        self.history: list[dict[str, float]] = []
+        self.extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> Iterator[dict[str, float]]:
+        """Run the remaining epochs, yielding each epoch's metrics."""
+        while self.epoch < self.cfg.epochs:
+            yield self.run_epoch()
+
+    def run_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        start = time.perf_counter()
+        seed = _epoch_seed(cfg.seed, self.epoch)
+        seed_everything(seed)
+        self.loader_generator.manual_seed(seed)
+        if hasattr(self.train_set.transform, "set_random_seed"):
+            self.train_set.transform.set_random_seed(seed)
+        mix_rng = torch.Generator().manual_seed(seed)
+        self.model.train()
+        total_loss, n_batches = 0.0, 0
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for step, batch in enumerate(self.train_loader):
+            if step >= self.steps_per_epoch:
+                break
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            images, y_a, y_b, lam = mixup_batch(images, masks, cfg.effective_mixup_alpha, generator=mix_rng)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits = self.model(images)
+            logits = logits.float()
+            loss = mixed_loss(self.loss_fn, logits, y_a, y_b, lam, image=images)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {self.epoch + 1}, step {step}: "
+                    f"lower lr_head ({cfg.lr_head}) / lr_backbone ({cfg.lr_backbone})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total_loss += loss.item()
+            n_batches += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
+        bar.close()
+        val = self.evaluate()
+        self.epoch += 1
+        result = {
+            "epoch": self.epoch,
+            "train_loss": total_loss / max(1, n_batches),
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr_head": self.optimizer.param_groups[-1]["lr"],
+            "epoch_seconds": time.perf_counter() - start,
+        }
+        self.history.append(result)
+        return result
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and Acc / Acc_class / mIoU / fwIoU / boundary F on the val split."""
+        self.model.eval()
+        metrics = SegmentationMetrics(num_classes=2)
+        total, count = 0.0, 0
+        for batch in self.val_loader:
+            images = batch["image"].to(self.device)
+            masks = batch["mask"].to(self.device)
+            if self.cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits = self.model(images)
+            logits = logits.float()
+            total += self.loss_fn(logits, masks, image=images).item() * images.shape[0]
+            count += images.shape[0]
+            metrics.update(logits.argmax(1).cpu(), masks.cpu())
+        scores = metrics.compute()
+        scores["loss"] = total / max(1, count)
+        return {k: float(v) for k, v in scores.items()}
+
+    @torch.no_grad()
+    def predict_samples(self, n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(image uint8 RGB, mask, hair probability) for the first ``n`` validation images."""
+        self.model.eval()
+        out = []
+        for i in range(min(n, len(self.val_set))):
+            sample = self.val_set[i]
+            x = sample["image"].unsqueeze(0).to(self.device)
+            prob = torch.softmax(self.model(x).float(), 1)[0, 1].cpu().numpy()
+            out.append((denormalize(sample["image"]), np.asarray(sample["mask"]), prob))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_tensor(np.random.get_state()),
+            "python": random.getstate(),
+            "loader": self.loader_generator.get_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "train_config": self.cfg.model_dump(),
+            "model_config": dict(self.model.config),
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "scaler_state": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng,
+            "history": list(self.history),
+            "extra": dict(self.extra),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_format(state, "<state>")
+        if state["train_config"] != self.cfg.model_dump():
+            changed = sorted(
+                k for k in state["train_config"] if state["train_config"][k] != self.cfg.model_dump().get(k)
+            )
+            raise CheckpointError(f"checkpoint was made with different settings: {changed}")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        self.scaler.load_state_dict(state["scaler_state"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.extra = dict(state.get("extra", {}))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(_tensor_to_numpy_state(rng["numpy"]))
+        random.setstate(_as_tuple(rng["python"]))
+        self.loader_generator.set_state(rng["loader"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write atomically (temp file + rename) so a killed process never leaves half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, data: TrialData | None = None, cpus: int | None = None, progress: bool = False
+    ) -> Trainer:
+        state = load_checkpoint(path)
+        trainer = cls(state["train_config"], data=data, cpus=cpus, progress=progress)
+        trainer.load_state_dict(state)
+        return trainer
+
+
+def _schedule(kind: str, total_steps: int):
+    if kind == "poly":
+        return lambda step: max(0.0, 1.0 - min(step, total_steps) / total_steps) ** 0.9
+    if kind == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return lambda step: 1.0
+
+
+def _numpy_state_to_tensor(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _tensor_to_numpy_state(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["pos"], state["has_gauss"], state["cached"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_format(state: Any, source: str) -> None:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{source}: not a hairseg checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: no arbitrary code from pickles)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+    _check_format(state, str(path))
+    return state
+
+
+def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the DeepLabv3+ of a checkpoint in eval mode (no pretrained download needed)."""
+    state = load_checkpoint(path, map_location)
+    model = build_model(**{**state["model_config"], "pretrained": "none"})
+    model.load_state_dict(state["model_state"])
+    return model.eval()
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised [3,H,W] tensor → uint8 HxWx3 RGB, for overlays."""
+    arr = image.detach().cpu().float().numpy().transpose(1, 2, 0)
+    return np.clip((arr * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def train(config: TrainConfig, checkpoint_dir: str | Path | None = None, progress: bool = True) -> Trainer:
+    """Train to completion, checkpointing each epoch; resumes from ``checkpoint_dir`` if one is there."""
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+    if ckpt is not None and ckpt.is_file():
+        trainer = Trainer.from_checkpoint(ckpt, progress=progress)
+        if trainer.cfg != config:
+            raise CheckpointError(f"{ckpt} was made with other settings; use another --output directory")
+    else:
+        trainer = Trainer(config, progress=progress)
+    for _ in trainer.fit():
+        if ckpt is not None:
+            trainer.save_checkpoint(ckpt)
+    return trainer

@@ -1,0 +1,442 @@
+"""The only Ray Tune / Optuna glue: search space → OptunaSearch + ASHA → trials → results.
+
+A trial is ``train.Trainer`` driven one epoch at a time: each epoch is reported to Tune
+(``ray.tune.report`` with a ``tune.Checkpoint``), so ASHA can stop it early, and logged to
+the trial's own MLflow child run. The decoded dataset is handed to trials through
+``tune.with_parameters``: it is put into Ray's object store once and read by every trial on a
+node, instead of each trial decoding the images again.
+
+This module never calls ``ray.init``: the entry point (``pipelines/sweep.py``) owns the Ray
+connection, so the same code runs locally, on ``ray up`` clusters and under KubeRay.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from ray import tune
+from ray.tune import Callback, Checkpoint
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig
+from hairseg_core.tracking import Tracker, start_system_metrics
+from hairseg_core.train import CHECKPOINT_FILE, Trainer, TrialData, load_trial_data
+from hairseg_core.visualize import prediction_panel
+
+#: Optuna names a backbone-dependent choice ``batch_size@resnet101``: a categorical's choices
+#: may not change between trials under one name, so each parent value gets its own name.
+BY_SEPARATOR = "@"
+
+
+# ----------------------------------------------------------------------------- search space
+def _condition_holds(when: Mapping[str, Any] | None, sampled: Mapping[str, Any]) -> bool:
+    for key, allowed in (when or {}).items():
+        values = allowed if isinstance(allowed, list) else [allowed]
+        if key not in sampled or sampled[key] not in values:
+            return False
+    return True
+
+
+def _distribution(spec: ParamSpec, choices: list[Any] | None = None) -> optuna.distributions.BaseDistribution:
+    if spec.type == "categorical":
+        return optuna.distributions.CategoricalDistribution(choices if choices is not None else spec.choices)
+    if spec.type == "int":
+        return optuna.distributions.IntDistribution(
+            int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1)
+        )
+    return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(name, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+class SpaceSampler:
+    """Optuna define-by-run function for a validated search space (picklable for resume)."""
+
+    def __init__(self, params: Mapping[str, ParamSpec]) -> None:
+        self.params = dict(params)
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        sampled: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            if not _condition_holds(spec.when, sampled):
+                continue
+            if spec.by is not None:
+                parent = sampled.get(spec.by)
+                if parent is None:
+                    continue
+                choices = spec.choices[str(parent)] if str(parent) in spec.choices else spec.choices[parent]
+                sampled[name] = trial.suggest_categorical(f"{name}{BY_SEPARATOR}{parent}", choices)
+            else:
+                sampled[name] = _suggest(trial, name, spec)
+        return sampled
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        sampled = self.sample(trial)
+        # Return the canonical names of backbone-dependent values as constants: the trial
+        # config then has ``batch_size`` as well as Optuna's ``batch_size@resnet101``.
+        return {k: v for k, v in sampled.items() if self.params[k].by is not None}
+
+    def distributions(self, config: Mapping[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Optuna distributions of the parameters present in one trial's config."""
+        out = {}
+        for key in config:
+            base, _, parent = key.partition(BY_SEPARATOR)
+            spec = self.params.get(base)
+            if spec is None:
+                continue
+            if parent and spec.by is not None:
+                choices = spec.choices.get(parent) if isinstance(spec.choices, dict) else None
+                out[key] = _distribution(spec, choices)
+            elif spec.by is None:
+                out[key] = _distribution(spec)
+        return out
+
+
+def sampled_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune trial config without Optuna's internal ``name@parent`` keys."""
+    return {k: v for k, v in config.items() if BY_SEPARATOR not in k}
+
+
+def build_searcher(space: SearchSpace) -> OptunaSearch:
+    sampler_cfg = space.searcher
+    if sampler_cfg.sampler == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=sampler_cfg.n_startup_trials)
+    storage = optuna.storages.RDBStorage(sampler_cfg.storage) if sampler_cfg.storage else None
+    return OptunaSearch(
+        space=SpaceSampler(space.params),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=sampler,
+        storage=storage,
+        study_name=sampler_cfg.study_name or (space.name if storage else None),
+    )
+
+
+def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
+    if space.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=space.metric,
+        mode=space.mode,
+        max_t=space.scheduler.max_t or space.epochs,
+        grace_period=space.scheduler.grace_period,
+        reduction_factor=space.scheduler.reduction_factor,
+    )
+
+
+# ----------------------------------------------------------------------------- the trial
+@dataclass(frozen=True)
+class TrackingSettings:
+    tracking_uri: str
+    experiment: str
+    sweep: str
+    parent_run_id: str
+
+
+def _trial_resources() -> int:
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+        return max(1, int(resources.get("CPU", 1)))
+    except Exception:
+        return 1
+
+
+def run_trial(
+    config: dict[str, Any], fixed: dict[str, Any], tracking: TrackingSettings, data: TrialData | None = None
+) -> None:
+    """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch."""
+    sampled = sampled_settings(config)
+    cfg = TrainConfig(**{**fixed, **sampled})
+    cpus = _trial_resources()
+    torch.set_num_threads(cpus)
+    context = tune.get_context()
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer = Trainer.from_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, data=data, cpus=cpus)
+    else:
+        trainer = Trainer(cfg, data=data, cpus=cpus)
+
+    tracker = Tracker(tracking.tracking_uri, tracking.experiment)
+    run_id = tracker.start_trial(
+        tracking.sweep,
+        tracking.parent_run_id,
+        trial_id,
+        trial_name,
+        params={**cfg.model_dump(), "sampled": sampled},
+        run_id=trainer.extra.get("mlflow_run_id"),
+    )
+    trainer.extra["mlflow_run_id"] = run_id
+    monitor = start_system_metrics(run_id, tracking.tracking_uri)
+    try:
+        if trainer.epoch >= cfg.epochs and trainer.history:  # restored after its last epoch
+            _report(trainer, trainer.history[-1])
+            return
+        best = -math.inf
+        for result in trainer.fit():
+            tracker.log_metrics(
+                run_id, {k: v for k, v in result.items() if k != "epoch"}, step=result["epoch"]
+            )
+            score = result["val_miou"]
+            if score > best or trainer.epoch == cfg.epochs:
+                best = max(best, score)
+                for i, (img, mask, prob) in enumerate(trainer.predict_samples(2)):
+                    tracker.log_image(
+                        run_id,
+                        prediction_panel(img, mask, prob),
+                        f"predictions/epoch{trainer.epoch:03d}_{i}.png",
+                    )
+            _report(trainer, result)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _report(trainer: Trainer, result: dict[str, float]) -> None:
+    with tempfile.TemporaryDirectory(prefix="hairseg-ckpt-") as tmp:
+        trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
+        tune.report(
+            {**result, "mlflow_run_id": trainer.extra["mlflow_run_id"]},
+            checkpoint=Checkpoint.from_directory(tmp),
+        )
+
+
+class MlflowStatusCallback(Callback):
+    """Driver side: closes each trial's MLflow run with the right status.
+
+    A trial stopped by ASHA is killed between epochs, so it cannot close its own run; the
+    driver sees every ending (complete, early-stopped, errored) and records it.
+    """
+
+    def __init__(self, tracking: TrackingSettings, max_t: int) -> None:
+        self.tracking = tracking
+        self.max_t = max_t
+        self._tracker: Tracker | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking.tracking_uri, self.tracking.experiment)
+        return self._tracker
+
+    def _close(self, trial: Any, status: str) -> None:
+        run_id = (trial.last_result or {}).get("mlflow_run_id") or self.tracker.find_trial(
+            self.tracking.sweep, trial.trial_id
+        )
+        if not run_id:
+            return
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        self.tracker.set_tags(
+            run_id,
+            {
+                "hairseg.epochs_run": epochs,
+                "hairseg.early_stopped": status == "FINISHED" and epochs < self.max_t,
+            },
+        )
+        self.tracker.end_run(run_id, status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FAILED")
+
+    def __getstate__(self) -> dict[str, Any]:  # the MLflow client is not picklable; rebuild lazily
+        return {**self.__dict__, "_tracker": None}
+
+
+# ----------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepSettings:
+    """Where a sweep runs and records; see ``pipelines/sweep.py`` for the command-line flags."""
+
+    experiment: str
+    storage_path: str
+    tracking_uri: str
+    name: str | None = None
+    verbose: int = 1
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def new_sweep_name(experiment: str) -> str:
+    return f"{experiment}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_sweep(storage_path: str, experiment: str) -> str | None:
+    """The newest restorable sweep of ``experiment`` under ``storage_path`` (local, s3://, gs://)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(experiment + "-")
+        ),
+        reverse=True,
+    )
+    for name in names:
+        if tune.Tuner.can_restore(_join(storage_path, name)):
+            return name
+    return None
+
+
+def _join(storage_path: str, name: str) -> str:
+    return storage_path.rstrip("/") + "/" + name
+
+
+def share_data(space: SearchSpace) -> TrialData | None:
+    """Decode the data once for all trials, unless the search space varies what data is read."""
+    if {"dataset", "data_root", "dataset_options"} & set(space.params):
+        return None
+    return load_trial_data(space.trial_config({}), progress=True)
+
+
+def build_tuner(
+    space: SearchSpace,
+    settings: SweepSettings,
+    parent_run_id: str,
+    resume: bool = False,
+    data: TrialData | None = None,
+) -> tune.Tuner:
+    """A Tuner for a new sweep, or one restored from ``settings.storage_path/settings.name``."""
+    assert settings.name is not None
+    tracking = TrackingSettings(settings.tracking_uri, settings.experiment, settings.name, parent_run_id)
+    trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), tracking=tracking, data=data)
+    trainable = tune.with_resources(trainable, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    callbacks = [MlflowStatusCallback(tracking, space.scheduler.max_t or space.epochs), *settings.callbacks]
+    if resume:
+        path = _join(settings.storage_path, settings.name)
+        if not tune.Tuner.can_restore(path):
+            raise FileNotFoundError(f"no restorable sweep at {path}")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    run_config = tune.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage_path,
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=space.keep_checkpoints,
+            checkpoint_score_attribute=space.metric,
+            checkpoint_score_order=space.mode,
+        ),
+        callbacks=callbacks,
+        verbose=settings.verbose,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=build_searcher(space),
+        scheduler=build_scheduler(space),
+        num_samples=space.num_samples,
+        max_concurrent_trials=space.max_concurrent_trials,
+        trial_name_creator=lambda trial: f"trial_{trial.trial_id}",
+        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+@dataclass
+class BestTrial:
+    """What the final stage needs of the winning trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_path: str
+    mlflow_run_id: str | None
+
+
+def best_trial(results: tune.ResultGrid, space: SearchSpace) -> BestTrial:
+    """The best trial by the space's metric, over each trial's best epoch, with its best checkpoint."""
+    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    if best is None or best.metrics is None:
+        raise RuntimeError("the sweep produced no successful trial: see the errors above")
+    ckpts = [(c, m) for c, m in best.best_checkpoints if space.metric in m]
+    if not ckpts:
+        raise RuntimeError(f"trial {best.metrics.get('trial_id')} kept no checkpoint")
+    sign = 1 if space.mode == "max" else -1
+    checkpoint, metrics = max(ckpts, key=lambda cm: sign * cm[1][space.metric])
+    return BestTrial(
+        trial_id=str(best.metrics.get("trial_id")),
+        config=TrainConfig(**{**space.fixed, **sampled_settings(best.config)}).model_dump(),
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        checkpoint_path=checkpoint.path,
+        mlflow_run_id=metrics.get("mlflow_run_id"),
+    )
+
+
+def optuna_study_from_results(results: tune.ResultGrid, space: SearchSpace) -> optuna.Study:
+    """Rebuild an in-memory Optuna study from Tune's results (works after a resume too)."""
+    sampler = SpaceSampler(space.params)
+    study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize")
+    for result in results:
+        if result.error is not None or not result.metrics or result.metrics_dataframe is None:
+            continue
+        frame = result.metrics_dataframe
+        if space.metric not in frame:
+            continue
+        values = frame[space.metric].dropna()
+        if values.empty:
+            continue
+        best_value = float(values.max() if space.mode == "max" else values.min())
+        dists = sampler.distributions(result.config)
+        params = {k: result.config[k] for k in dists}
+        intermediate = {
+            int(i): float(v)
+            for i, v in zip(frame["training_iteration"], frame[space.metric], strict=False)
+            if not math.isnan(v)
+        }
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dists, value=best_value, intermediate_values=intermediate
+            )
+        )
+    return study
+
+
+def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str, Any]]:
+    """One row per trial, best first: its sampled settings, epochs run, and final/best metrics."""
+    rows = []
+    for result in results:
+        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id")}
+        row.update(sampled_settings(result.config or {}))
+        frame = result.metrics_dataframe
+        if frame is not None and space.metric in frame:
+            values = frame[space.metric].dropna()
+            row[f"best_{space.metric}"] = float(values.max() if space.mode == "max" else values.min())
+            row["epochs_run"] = int(frame["training_iteration"].max())
+        for key in ("val_miou", "val_fwiou", "val_acc", "val_acc_class", "val_boundary_f", "val_loss"):
+            if result.metrics and key in result.metrics:
+                row[f"last_{key}"] = result.metrics[key]
+        row["error"] = str(result.error).splitlines()[0][:200] if result.error else ""
+        rows.append(row)
+    key = f"best_{space.metric}"
+    sign = -1 if space.mode == "max" else 1
+    rows.sort(key=lambda r: sign * r[key] if key in r else math.inf)
+    return rows
+
+
+def default_storage_path() -> str:
+    return str((Path.cwd() / "ray_results").resolve())

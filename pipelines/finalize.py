@@ -1,0 +1,117 @@
+"""Final stage of a sweep: CRF / matting evaluation, webcam export, MLflow registry promotion.
+
+Runs at the end of ``python pipelines/sweep.py`` (unless --no-finalize), or alone:
+
+    python pipelines/finalize.py                       # newest finished sweep of hairseg-default
+    python pipelines/finalize.py --experiment hairseg-paper
+    python pipelines/finalize.py --run-id <sweep parent run id> --dry-run
+    python pipelines/finalize.py --checkpoint runs/m1/checkpoint.pt   # any training checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hairseg_core.config import FinalizeSettings, SearchSpace  # noqa: E402
+from hairseg_core.tracking import Tracker, TrackingUnavailable, check_tracking, resolve_tracking_uri  # noqa: E402
+
+
+def local_checkpoint(path: str, workdir: Path) -> Path:
+    """A Tune checkpoint directory (local, or s3:// / gs:// storage) → local checkpoint.pt."""
+    if "://" not in path:
+        local = Path(path)
+    else:
+        import pyarrow.fs
+
+        local = workdir / "checkpoint"
+        pyarrow.fs.copy_files(path, str(local))
+    return local / "checkpoint.pt" if local.is_dir() else local
+
+
+def finalize_sweep(best: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str | None, sweep: str,
+                   dry_run: bool = False) -> int:
+    """The sweep's last step: ``best`` is ``hairseg_core.tune.BestTrial``."""
+    from hairseg_core.finalize import finalize
+
+    with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
+        ckpt = local_checkpoint(best.checkpoint_path, Path(tmp))
+        finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run)
+    return 0
+
+
+def _parent_from_experiment(tracker: Tracker) -> Any:
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string="tags.`hairseg.kind` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    for run in runs:
+        if "hairseg.best_checkpoint" in run.data.tags:
+            return run
+    raise SystemExit(f"experiment {tracker.experiment!r} has no sweep with a best trial yet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--experiment", default="hairseg-default", help="MLflow experiment of the sweep")
+    src.add_argument("--run-id", help="the sweep's parent run id")
+    p.add_argument("--checkpoint", help="finalize this training checkpoint instead of a sweep's best")
+    p.add_argument("--space", help="search space YAML whose finalize: block to use (default: the sweep's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns.db)")
+    p.add_argument("--dry-run", action="store_true", help="show the promotion decision, change no registry")
+    p.add_argument("--promote-margin", type=float, help="override finalize.promote_margin")
+    p.add_argument("--max-test-images", type=int, help="override finalize.max_test_images")
+    args = p.parse_args(argv)
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        check_tracking(tracking_uri)
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from hairseg_core.config import load_search_space
+    from hairseg_core.finalize import finalize
+    from hairseg_core.train import load_checkpoint
+
+    settings = FinalizeSettings()
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        train_config, checkpoint, parent, sweep = state["train_config"], args.checkpoint, None, "manual"
+        tracker = Tracker(tracking_uri, args.experiment)
+    else:
+        if args.run_id:
+            run = Tracker(tracking_uri, "unused").client.get_run(args.run_id)
+            experiment = Tracker(tracking_uri, "unused").client.get_experiment(run.info.experiment_id).name
+            tracker = Tracker(tracking_uri, experiment)
+        else:
+            tracker = Tracker(tracking_uri, args.experiment)
+            run = _parent_from_experiment(tracker)
+        parent, sweep = run.info.run_id, run.data.tags["hairseg.sweep"]
+        with tempfile.TemporaryDirectory() as tmp:
+            best = json.loads(Path(tracker.client.download_artifacts(parent, "best_trial.json", tmp)).read_text())
+            space = json.loads(Path(tracker.client.download_artifacts(parent, "search_space.json", tmp)).read_text())
+        settings = FinalizeSettings(**space.get("finalize", {}))
+        train_config, checkpoint = best["config"], best["checkpoint_path"]
+    if args.space:
+        settings = load_search_space(args.space).finalize
+    overrides = {"promote_margin": args.promote_margin, "max_test_images": args.max_test_images}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
+        ckpt = local_checkpoint(checkpoint, Path(tmp))
+        finalize(ckpt, train_config, settings, tracker, parent, sweep=sweep, dry_run=args.dry_run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

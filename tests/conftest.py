@@ -1,0 +1,15 @@
+"""Shared pytest setup: keep every test offline, quiet and on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the internet; make libraries that could try fail fast instead.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: long or multi-node test; run in CI, skip with -m 'not slow'")

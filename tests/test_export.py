@@ -1,0 +1,230 @@
+"""Export (TorchScript / ONNX), parity with eager PyTorch, metadata and the inference back-ends."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hairseg_core.export import (
+    ExportError,
+    ExportParityError,
+    MetadataError,
+    ModelMetadata,
+    ProbabilityModel,
+    export_all,
+    export_onnx,
+    export_torchscript,
+    measure_latency,
+    normalize_image,
+    onnx_session,
+    parity_check,
+    read_metadata,
+    synthetic_portrait,
+)
+from hairseg_core.inference import (
+    InferenceError,
+    Letterbox,
+    Preprocessor,
+    load_predictor,
+    unletterbox,
+)
+from hairseg_core.models import build_model
+from hairseg_core.registry import UnknownNameError
+
+INPUT_SIZE = 257
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    net = build_model(backbone="mobilenet_v2", output_stride=16, pretrained="none", aspp_channels=32, decoder_channels=32)
+    # A random head gives probabilities of ~0.5 everywhere, where logit errors are squashed by the softmax;
+    # a sharper classifier spreads them over (0, 1) so the parity tolerance actually bites.
+    with torch.no_grad():
+        net.classifier.weight.mul_(8.0)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("export")
+    return export_all(
+        model,
+        out,
+        input_size=INPUT_SIZE,
+        metrics={"mIoU": 0.91, "Acc": 0.97},
+        sample_image=synthetic_portrait(200, 150, seed=3),
+        latency_repeats=2,
+    )
+
+
+def test_export_all_writes_every_artefact(exported: dict) -> None:
+    for key in ("onnx", "torchscript", "checkpoint", "metadata"):
+        assert exported[key].is_file(), key
+    assert exported["onnx_exporter"] in {"dynamo", "torchscript"}
+    assert exported["onnx_opset"] == 18
+    assert set(exported["parity"]) == {"model.ts", "model.onnx"}
+    assert all(v < 1e-4 for v in exported["parity"].values())
+    assert set(exported["latency_ms"]) == {"eager", "torchscript", "onnx"}
+    assert all(v > 0 for v in exported["latency_ms"].values())
+
+
+@pytest.mark.parametrize("height,width", [(257, 257), (193, 241)])
+def test_parity_on_image_like_input(model: nn.Module, exported: dict, height: int, width: int) -> None:
+    image = synthetic_portrait(height, width, seed=height)
+    with torch.no_grad():
+        hair = ProbabilityModel(model)(normalize_image(image))[0, 1]
+    assert hair.shape == (height, width)
+    assert float(hair.std()) > 0.05, "probabilities too flat for a meaningful parity check"
+    diffs = parity_check(model, [exported["torchscript"], exported["onnx"]], image)
+    assert set(diffs) == {"model.ts", "model.onnx"}
+    assert max(diffs.values()) < 1e-4
+
+
+def test_parity_check_detects_a_different_model(model: nn.Module, exported: dict) -> None:
+    changed = build_model(backbone="mobilenet_v2", pretrained="none", aspp_channels=32, decoder_channels=32)
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        changed.classifier.bias[1] += 0.05  # a small logit shift, as a stale export would show
+    with pytest.raises(ExportParityError, match="model.onnx"):
+        parity_check(changed.eval(), [exported["onnx"]], synthetic_portrait(96, 128))
+
+
+def test_onnx_runs_at_dynamic_batch_and_size(exported: dict) -> None:
+    session = onnx_session(exported["onnx"])
+    name = session.get_inputs()[0].name
+    assert [isinstance(d, str) for d in session.get_inputs()[0].shape] == [True, False, True, True]
+    for batch, height, width in [(1, 224, 224), (3, 257, 257), (2, 193, 241)]:
+        x = np.random.default_rng(0).normal(size=(batch, 3, height, width)).astype(np.float32)
+        probs = session.run(None, {name: x})[0]
+        assert probs.shape == (batch, 2, height, width)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+class _ShapeBaking(nn.Module):
+    """Upsamples to a Python int read from the shape: a trace freezes it, a dynamic export cannot hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, stride=4, padding=1)
+        self.config = {"backbone": "shape_baking"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.conv(x), size=(int(x.shape[2]), int(x.shape[3])), mode="bilinear")
+
+
+def test_exports_reject_a_model_that_bakes_in_its_input_size(tmp_path) -> None:
+    with pytest.warns(torch.jit.TracerWarning), pytest.raises(ExportError, match="check"):
+        export_torchscript(_ShapeBaking(), tmp_path / "m.ts", example_size=96)
+    with pytest.raises(ExportError):
+        export_onnx(_ShapeBaking(), tmp_path / "m.onnx", example_size=96)
+
+
+def test_onnx_opset17_uses_the_torchscript_exporter(model: nn.Module, tmp_path) -> None:
+    info = export_onnx(model, tmp_path / "m17.onnx", opset=17, example_size=129)
+    assert (info.exporter, info.opset) == ("torchscript", 17)
+    assert "opset" in (info.fallback_reason or "")
+    diffs = parity_check(model, [info.path], synthetic_portrait(150, 170))
+    assert diffs["m17.onnx"] < 1e-4
+
+
+def test_metadata_round_trip(exported: dict) -> None:
+    metadata = read_metadata(exported["dir"])
+    assert metadata.input_size == INPUT_SIZE
+    assert metadata.model_config["backbone"] == "mobilenet_v2"
+    assert metadata.model_config["aspp_channels"] == 32
+    assert metadata.class_names == ("background", "hair") and metadata.hair_channel == 1
+    assert metadata.mean == (0.485, 0.456, 0.406) and metadata.std == (0.229, 0.224, 0.225)
+    assert metadata.metrics == {"mIoU": 0.91, "Acc": 0.97}
+    assert metadata.onnx_opset == 18 and metadata.torch_version == torch.__version__
+    assert metadata.created_at.endswith("+00:00")
+    assert metadata.files["onnx"] == "model.onnx"
+    raw = json.loads(exported["metadata"].read_text())
+    assert raw["model"]["output_stride"] == 16 and raw["preprocess"]["mode"] == "letterbox"
+    assert ModelMetadata.from_dict(metadata.to_dict()) == metadata
+
+
+def test_metadata_errors_name_file_and_key(exported: dict, tmp_path) -> None:
+    raw = json.loads(exported["metadata"].read_text())
+    del raw["normalization"]["std"]
+    bad = tmp_path / "model.json"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(MetadataError, match=r"model\.json.*normalization\.std"):
+        read_metadata(bad)
+    bad.write_text(json.dumps({**raw, "format": "something-else"}))
+    with pytest.raises(MetadataError, match="format"):
+        read_metadata(tmp_path)
+    with pytest.raises(MetadataError, match="not found"):
+        read_metadata(tmp_path / "missing")
+
+
+def test_letterbox_maps_back_onto_the_frame() -> None:
+    box = Letterbox.fit(120, 160, 128)
+    assert (box.resized_hw, box.top, box.left) == ((96, 128), 16, 0)
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[:, 100:] = 255  # right part white
+    frame[:30, :] = 255  # top band white
+    metadata = ModelMetadata(input_size=128)
+    batch, box = Preprocessor(metadata)(frame)
+    assert batch.shape == (1, 3, 128, 128)
+    assert np.all(batch[0, :, :16] == 0) and np.all(batch[0, :, -16:] == 0)  # padding = normalised mean
+    white = (batch[0, 0] > 0).astype(np.float32)  # a "probability" that is 1 where the frame was white
+    mapped = unletterbox(white, box)
+    assert mapped.shape == (120, 160)
+    expected = frame[..., 0] > 127
+    agree = np.mean((mapped > 0.5) == expected)
+    assert agree > 0.98
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript", "eager"])
+def test_load_predictor_backends_give_frame_sized_probabilities(exported: dict, backend: str) -> None:
+    frame = synthetic_portrait(120, 160, seed=5)
+    from_dir = load_predictor(exported["dir"], backend)
+    prob = from_dir(frame)
+    assert prob.shape == (120, 160) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    assert prob.std() > 0.01
+    file_key = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}[backend]
+    from_file = load_predictor(exported[file_key])
+    assert from_file.backend == backend and from_file.input_size == INPUT_SIZE
+    np.testing.assert_allclose(from_file(frame), prob, atol=1e-5)
+    reference = load_predictor(exported["dir"], "eager")(frame)
+    np.testing.assert_allclose(prob, reference, atol=1e-4)
+
+
+def test_eager_channels_last_matches(exported: dict) -> None:
+    frame = synthetic_portrait(90, 70, seed=7)
+    plain = load_predictor(exported["checkpoint"])(frame)
+    channels_last = load_predictor(exported["checkpoint"], channels_last=True)(frame)
+    np.testing.assert_allclose(channels_last, plain, atol=1e-4)
+
+
+def test_load_predictor_errors(exported: dict, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_predictor(tmp_path / "nope.onnx")
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(b"x")
+    with pytest.raises(InferenceError, match="unknown model file type"):
+        load_predictor(odd)
+    with pytest.raises(InferenceError, match="needs the 'onnx' back-end"):
+        load_predictor(exported["onnx"], "eager")
+    with pytest.raises(UnknownNameError, match="onnx"):
+        load_predictor(exported["dir"], "tensorrt")
+    broken = tmp_path / "broken.pt"
+    torch.save({"model_state": {}}, broken)
+    with pytest.raises(InferenceError, match="model_config"):
+        load_predictor(broken)
+
+
+def test_measure_latency_reports_median() -> None:
+    calls = []
+    stats = measure_latency(lambda: calls.append(1), repeats=7, warmup=2)
+    assert len(calls) == 9 and stats.repeats == 7
+    assert 0 <= stats.min_ms <= stats.median_ms <= stats.p90_ms
+    with pytest.raises(ValueError):
+        measure_latency(lambda: None, repeats=0)
