@@ -139,7 +139,7 @@ def export_torchscript(model: nn.Module, path: str | Path, example_size: int = 2
     wrapped = ProbabilityModel(_cpu_eval_copy(model)).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, size, size, generator=generator)
-    check = torch.randn(2, 3, size - 64 + 1, size + 31, generator=generator)
+    check = torch.randn(2, 3, size * 3 // 4 + 1, size + 31, generator=generator)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still supported
         try:

@@ -151,7 +151,7 @@ def finalize(
     run_id = tracker.start_finalize(sweep, parent_run_id, params={"checkpoint": str(checkpoint_path),
                                                                   **settings.model_dump()})
     tracker.log_table(run_id, table, "table5/postprocessing.json")
-    tracker.log_metrics(run_id, {f"test_{r['method']}_{k}": r[k] for r in table
+    tracker.log_metrics(run_id, {f"test_{r['method'].replace('+', '_')}_{k}": r[k] for r in table
                                  for k in (*TABLE_METRICS, "ms_per_image")}, step=0)
     from hairseg_core.visualize import metrics_bar_figure
 

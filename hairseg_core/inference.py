@@ -24,7 +24,7 @@ written by ``export.export_all``, from ``model.json`` (ONNX by default, the fast
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -248,7 +248,7 @@ def _resolve(path_or_uri: str | Path) -> Path:
     return path
 
 
-def _metadata_for_file(path: Path, backend: str, input_size: int | None, runner: Runner) -> ModelMetadata:
+def _metadata_for_file(path: Path, input_size: int | None, runner: Runner) -> ModelMetadata:
     """Metadata of a single model file: ``model.json`` beside it, else defaults (ImageNet, letterbox)."""
     sibling = path.parent / DEFAULT_FILES["metadata"]
     if sibling.is_file():
@@ -258,7 +258,7 @@ def _metadata_for_file(path: Path, backend: str, input_size: int | None, runner:
                 f"{sibling} says input size {metadata.input_size}; using the requested {input_size}",
                 stacklevel=3,
             )
-            metadata = ModelMetadata(**{**metadata.__dict__, "input_size": input_size})
+            metadata = replace(metadata, input_size=input_size)
         return metadata
     config: dict[str, Any] = {}
     size = input_size
@@ -296,7 +296,7 @@ def load_predictor(
         if not model_file.is_file():
             raise FileNotFoundError(f"{path}: no {backend} model file {model_file.name} in this export directory")
         if input_size is not None:
-            metadata = ModelMetadata(**{**metadata.__dict__, "input_size": input_size})
+            metadata = replace(metadata, input_size=input_size)
         return HairPredictor(BACKENDS.build(backend, model_file, **options), metadata)
 
     suffix_backend = SUFFIX_BACKENDS.get(path.suffix.lower())
@@ -307,4 +307,4 @@ def load_predictor(
     if backend is not None and backend != suffix_backend:
         raise InferenceError(f"{path}: a {path.suffix} file needs the {suffix_backend!r} back-end, not {backend!r}")
     runner = BACKENDS.build(suffix_backend, path, **options)
-    return HairPredictor(runner, _metadata_for_file(path, suffix_backend, input_size, runner))
+    return HairPredictor(runner, _metadata_for_file(path, input_size, runner))

@@ -40,6 +40,16 @@ TAG_SWEEP = "hairseg.sweep"
 TAG_KIND = "hairseg.kind"
 TAG_TRIAL = "hairseg.trial_id"
 CHAMPION_ALIAS = "champion"
+#: MLflow error codes that no retry can fix.
+PERMANENT_ERRORS = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "BAD_REQUEST",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
 T = TypeVar("T")
 
 
@@ -102,6 +112,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, delay: float
         try:
             return fn()
         except (MlflowException, OSError) as exc:
+            if isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS:
+                raise  # a bad request stays bad: retrying only hides the message
             if attempt == attempts:
                 raise TrackingUnavailable(f"MLflow call '{what}' failed {attempts} times: {exc}") from exc
             time.sleep(delay * 2 ** (attempt - 1))
@@ -335,7 +347,9 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "hairseg"]
         with mlflow.start_run(run_id=run_id, nested=True):
-            info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", pip_requirements=requirements)
+            info = mlflow.pytorch.log_model(
+                model.cpu().eval(), name="model", pip_requirements=requirements, serialization_format="pickle"
+            )
         version = with_retries(lambda: mlflow.register_model(info.model_uri, name), "register model")
         for key, value in tags.items():
             with_retries(

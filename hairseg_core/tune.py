@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import torch
 from ray import tune
 from ray.tune import Callback, Checkpoint
@@ -187,6 +188,16 @@ def run_trial(
         run_id=trainer.extra.get("mlflow_run_id"),
     )
     trainer.extra["mlflow_run_id"] = run_id
+    # Where this attempt runs and which epoch it continues from: after a node loss or a
+    # --resume, the run shows the trial moved and restarted from its checkpoint, not from scratch.
+    tracker.set_tags(
+        run_id,
+        {
+            "hairseg.node_id": ray.get_runtime_context().get_node_id(),
+            "hairseg.node_ip": ray.util.get_node_ip_address(),
+            "hairseg.restored_from_epoch": trainer.epoch,
+        },
+    )
     monitor = start_system_metrics(run_id, tracking.tracking_uri)
     try:
         if trainer.epoch >= cfg.epochs and trainer.history:  # restored after its last epoch

@@ -332,6 +332,8 @@ def head_container(job: dict[str, Any]) -> dict[str, Any]:
         "literal-token",
     ],
 )
-def test_rayjob_mistakes(tmp_path: Path, change: Callable[[dict[str, Any]], Any], expected_prefix: str) -> None:
+def test_rayjob_mistakes(
+    tmp_path: Path, change: Callable[[dict[str, Any]], Any], expected_prefix: str
+) -> None:
     problems = problems_of(mutated(tmp_path, RAYJOB, change))
     assert any(p.startswith(expected_prefix) for p in problems), problems

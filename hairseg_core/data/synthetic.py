@@ -24,6 +24,7 @@ into place, so concurrent Ray trials never see a half-written set.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,8 @@ import cv2
 import numpy as np
 
 from hairseg_core.data.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC_VERSION = "v1"
 DEFAULT_COUNTS = {"train": 240, "val": 60, "test": 60}
@@ -674,6 +677,7 @@ def ensure_synthetic(
             f"{target}: exists but is not a complete synthetic set with {expected} "
             f"(no matching {MANIFEST}); delete it to regenerate"
         )
+    log.info("generating synthetic dataset %s (first use; a few seconds)", target)
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache))
     try:

@@ -139,6 +139,10 @@ class DeepLabV3Plus(nn.Module):
                 elif isinstance(sub, nn.BatchNorm2d):
                     nn.init.ones_(sub.weight)
                     nn.init.zeros_(sub.bias)
+        # The classifier starts near zero: He init on a 2-output 1x1 conv gives logits with std ~5,
+        # i.e. confident random predictions whose CE (~7) the first epochs spend undoing.
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     def head_modules(self) -> tuple[nn.Module, ...]:
         return (self.aspp, self.decoder, self.classifier)

@@ -1,0 +1,460 @@
+"""Shared pieces of the sweep integration tests (real Ray, real MLflow, real Optuna; no mocks).
+
+Why a helper module: the end-to-end, resume, tracking-server, multi-node and fault-drill tests
+all run ``pipelines/sweep.py`` as a subprocess on a tiny search space and then read back what
+the sweep left in MLflow and in Tune's storage. Keeping the space, the process handling and
+the readers here makes every test check the same invariants the same way:
+
+* one MLflow parent run per sweep, exactly one child run per Tune trial, all FINISHED;
+* every epoch Tune saw is in the trial's MLflow metric history, with the same value.
+
+Everything binds to 127.0.0.1, uses ephemeral ports and temporary folders, and kills what it
+started (whole process trees) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP = REPO / "pipelines" / "sweep.py"
+PYTHON = sys.executable
+EXPERIMENT = "hairseg-tiny"  # sweep.py names the experiment hairseg-<space name>
+T = TypeVar("T")
+
+#: A search space whose trials take seconds on one CPU core: a 16-channel MobileNetV2
+#: DeepLabv3+ on 65-pixel crops of 24 synthetic images, 3 steps per epoch. So little training
+#: leaves val_miou at the all-background value for most trials (ties give ASHA nothing to
+#: decide on), so the objective is val_loss, which ``lr_head`` (3.5 decades) moves for every
+#: trial. The random sampler with a fixed seed and one trial at a time make the trial order,
+#: hence ASHA's decisions, reproducible.
+TINY_SPACE: dict[str, Any] = {
+    "name": "tiny",
+    "description": "integration-test sweep: seconds per trial",
+    "metric": "val_loss",
+    "mode": "min",
+    "num_samples": 4,
+    "max_concurrent_trials": 1,
+    "seed": 0,
+    "fixed": {
+        "dataset": "synthetic",
+        "dataset_options": {"n_train": 24, "n_val": 8, "n_test": 8, "size": 97},
+        "backbone": "mobilenet_v2",
+        "pretrained": "none",
+        "aspp_channels": 16,
+        "decoder_channels": 16,
+        "epochs": 3,
+        "batch_size": 4,
+        "max_steps_per_epoch": 3,
+        "crop_size": 65,
+        "base_size": 65,
+        "num_workers": 0,
+        "amp": False,
+    },
+    "params": {"lr_head": {"type": "float", "low": 1e-5, "high": 0.05, "log": True}},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "searcher": {"sampler": "random"},
+    "resources": {"cpu": 1, "gpu": 0},
+    "max_failures": 2,
+    "keep_checkpoints": 1,
+}
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def write_space(path: Path, overrides: Mapping[str, Any] | None = None) -> Path:
+    """Write TINY_SPACE, with nested ``overrides`` merged in, as a search-space YAML."""
+    path.write_text(yaml.safe_dump(_merge(TINY_SPACE, overrides or {}), sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- processes
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants (empty when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> list[psutil.Process]:
+    """Signal ``pid`` and every descendant (Ray's raylet, GCS, workers...); return survivors.
+
+    Descendants are collected *before* signalling: once the parent dies they are re-parented
+    and can no longer be found through it.
+    """
+    procs = process_tree(pid)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return alive
+
+
+def sweep_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a sweep subprocess: shared synthetic cache, nothing inherited that
+    could point it at another MLflow store or Ray cluster."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "RAY_ADDRESS"}}
+    env.update(
+        {
+            "HAIRSEG_CACHE": str(cache_dir),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            # Tune warns on every snapshot of such short trials; the noise hides real errors.
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class SweepProcess:
+    """A running ``pipelines/sweep.py``; output goes to files so a long run cannot block on a pipe."""
+
+    proc: subprocess.Popen
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"sweep did not finish in {timeout:.0f} s\n--- stdout\n{self.stdout[-3000:]}"
+                f"\n--- stderr\n{self.stderr[-6000:]}"
+            ) from None
+
+    def kill(self) -> list[psutil.Process]:
+        """SIGKILL the driver and all its descendants, as a crashed machine would."""
+        survivors = kill_tree(self.proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        return survivors
+
+    def describe(self) -> str:
+        return (
+            f"exit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}"
+        )
+
+
+@dataclass
+class Workspace:
+    """A temporary working directory for one sweep: space file, env, ./mlruns.db, ./ray_results."""
+
+    cwd: Path
+    cache: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    started: list[SweepProcess] = field(default_factory=list)
+
+    @property
+    def tracking_uri(self) -> str:
+        """The default store sweep.py uses in this directory."""
+        return f"sqlite:///{self.cwd / 'mlruns.db'}"
+
+    @property
+    def storage(self) -> Path:
+        return self.cwd / "ray_results"
+
+    def space(self, overrides: Mapping[str, Any] | None = None, name: str = "tiny.yaml") -> Path:
+        return write_space(self.cwd / name, overrides)
+
+    def start(self, args: Sequence[str], log_name: str = "sweep") -> SweepProcess:
+        """Start the sweep in its own session (process group) so it can be killed as a whole."""
+        out, err = self.cwd / f"{log_name}.out", self.cwd / f"{log_name}.err"
+        with out.open("wb") as fout, err.open("wb") as ferr:
+            proc = subprocess.Popen(
+                [PYTHON, str(SWEEP), *args],
+                cwd=self.cwd,
+                env=sweep_env(self.cache, self.extra_env),
+                stdout=fout,
+                stderr=ferr,
+                start_new_session=True,
+            )
+        sweep = SweepProcess(proc, out, err)
+        self.started.append(sweep)
+        return sweep
+
+    def run(self, args: Sequence[str], timeout: float = 300, log_name: str = "sweep") -> SweepProcess:
+        sweep = self.start(args, log_name)
+        sweep.wait(timeout)
+        return sweep
+
+    def cleanup(self) -> None:
+        for sweep in self.started:
+            if sweep.proc.poll() is None or process_tree(sweep.proc.pid):
+                sweep.kill()
+
+    def sweep_dir(self) -> Path:
+        """The one Tune experiment folder under ./ray_results."""
+        dirs = [p for p in self.storage.iterdir() if p.is_dir()] if self.storage.is_dir() else []
+        assert len(dirs) == 1, f"expected one sweep under {self.storage}, found {[p.name for p in dirs]}"
+        return dirs[0]
+
+
+def make_workspace(tmp_path: Path, tmp_path_factory: Any, local_store: bool = True) -> Workspace:
+    """A Workspace whose synthetic-data cache and empty MLflow database are shared by the session.
+
+    Creating MLflow's sqlite schema runs dozens of migrations (~10 s on a loaded 2-core box), so
+    one empty database is made per session and copied into each workspace as ./mlruns.db
+    (unless ``local_store`` is False: sweeps that track to a server must not create one).
+    """
+    base = Path(tmp_path_factory.getbasetemp())
+    cache = base / "hairseg-cache"
+    cache.mkdir(exist_ok=True)
+    template = base / "mlflow-empty.db"
+    if not template.is_file():
+        from mlflow import MlflowClient
+
+        building = base / "mlflow-empty.db.tmp"
+        MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)
+        building.rename(template)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    if local_store:
+        shutil.copyfile(template, cwd / "mlruns.db")
+    return Workspace(cwd=cwd, cache=cache)
+
+
+# ----------------------------------------------------------------------------- MLflow server
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a sqlite backend and proxied artifacts; restartable
+    on the same port and store (the fault drill stops it mid-sweep)."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.db = root / "server.db"
+        self.artifacts = root / "server-artifacts"
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.uri + "/health", timeout=2) as resp:  # noqa: S310 - local test server
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        self.starts += 1
+        log = (self.root / f"server-{self.starts}.log").open("wb")
+        cmd = [
+            str(Path(PYTHON).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.db}",
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--workers",
+            "1",
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        log.close()
+        try:
+            wait_until(
+                lambda: self.healthy() or self.proc.poll() is not None, timeout, f"MLflow server on {self.uri}"
+            )
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited {self.proc.returncode}:\n{self.log_tail()}")
+        return self
+
+    def log_tail(self) -> str:
+        return (self.root / f"server-{self.starts}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """Kill the server and its uvicorn workers; the port is free again afterwards."""
+        if self.proc is None:
+            return
+        kill_tree(self.proc.pid, signal.SIGTERM, timeout=10)
+        kill_tree(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+        wait_until(lambda: not self.healthy(), 30, f"MLflow server on {self.uri} to stop")
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------- Ray cluster
+@contextlib.contextmanager
+def local_cluster(workers: int = 2) -> Iterator[tuple[Any, list[Any]]]:
+    """A real multi-node Ray cluster on 127.0.0.1: a head with no CPUs (so every trial runs on a
+    worker node) and ``workers`` nodes of one CPU each, told apart by a ``worker<i>`` resource.
+
+    Ray records a started cluster in /tmp/ray/ray_current_cluster, where any later
+    ``ray.init()`` on this machine would find and join it; the record is removed at once.
+    """
+    import ray
+    from ray._common.utils import reset_ray_address
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    reset_ray_address()
+    try:
+        nodes = [
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={f"worker{i}": 1})
+            for i in range(workers)
+        ]
+        yield cluster, nodes
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        cluster.shutdown()
+
+
+# ----------------------------------------------------------------------------- readers
+@dataclass
+class SweepRuns:
+    """What one experiment holds in MLflow, split by the ``hairseg.kind`` tag."""
+
+    client: Any
+    parents: list[Any]
+    trials: list[Any]
+
+    def by_trial(self) -> dict[str, Any]:
+        return {r.data.tags["hairseg.trial_id"]: r for r in self.trials}
+
+    def history(self, run_id: str, key: str = "val_miou") -> list[tuple[int, float]]:
+        """(step, value) of every logged value, in logging order."""
+        metrics = self.client.get_metric_history(run_id, key)
+        return [(m.step, m.value) for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
+
+
+def sweep_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> SweepRuns:
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = (
+        client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+        if exp is not None
+        else []
+    )
+    kind = "hairseg.kind"
+    return SweepRuns(
+        client=client,
+        parents=[r for r in runs if r.data.tags.get(kind) == "sweep"],
+        trials=[r for r in runs if r.data.tags.get(kind) == "trial"],
+    )
+
+
+def tune_results(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every result each trial reported to Tune (its result.json), keyed by trial id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(sweep_dir.glob("trial_*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[str(rows[0]["trial_id"])] = rows
+    return out
+
+
+def check_sweep_accounted(
+    runs: SweepRuns, results: Mapping[str, list[dict[str, Any]]], num_samples: int, epochs: int
+) -> None:
+    """The invariants every sweep must keep, however it was interrupted.
+
+    One parent; one FINISHED child per Tune trial and no other; each child's val_miou history
+    covers exactly the epochs Tune saw (1..n, n = ``hairseg.epochs_run``), and the value MLflow
+    holds for an epoch is the value Tune got, i.e. no reported epoch is missing from MLflow.
+    """
+    assert len(runs.parents) == 1, f"expected one parent run, got {[r.info.run_id for r in runs.parents]}"
+    parent = runs.parents[0]
+    assert len(results) == num_samples, f"Tune holds {len(results)} trials, expected {num_samples}"
+    trial_ids = [r.data.tags.get("hairseg.trial_id") for r in runs.trials]
+    assert sorted(trial_ids) == sorted(results), f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
+    for trial_id, run in runs.by_trial().items():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id, f"trial {trial_id} has another parent"
+        assert run.info.status == "FINISHED", f"trial {trial_id} run is {run.info.status}"
+        rows = results[trial_id]
+        for row in rows:
+            assert row["training_iteration"] == row["epoch"], f"trial {trial_id}: Tune iteration != epoch: {row}"
+        tune_epochs = {int(row["epoch"]): row["val_miou"] for row in rows}
+        last = max(tune_epochs)
+        assert sorted(tune_epochs) == list(range(1, last + 1)), f"trial {trial_id}: Tune epochs {sorted(tune_epochs)}"
+        assert last <= epochs
+        assert int(tags["hairseg.epochs_run"]) == last, f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
+        history = runs.history(run.info.run_id)
+        steps = sorted({step for step, _ in history})
+        assert steps == list(range(1, last + 1)), f"trial {trial_id}: MLflow val_miou steps {history}"
+        final = {step: value for step, value in history}  # the last value logged per step
+        for epoch, value in tune_epochs.items():
+            assert abs(final[epoch] - value) < 1e-9, f"trial {trial_id} epoch {epoch}: MLflow {final[epoch]} != Tune {value}"

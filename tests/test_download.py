@@ -1,0 +1,182 @@
+"""Dataset download against a real HTTP server on 127.0.0.1 (never the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hairseg_core.data import DownloadError, build_dataset, download_dataset
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support (``Range: bytes=N-``); records what it served."""
+
+    served: list[tuple[str, str | None, int]] = []
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        requested = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not requested or not path.is_file():
+            if path.is_file():
+                self.served.append((self.path, None, path.stat().st_size))
+            return super().do_GET()
+        data = path.read_bytes()
+        start = int(requested.removeprefix("bytes=").rstrip("-"))
+        if start >= len(data):
+            self.send_error(416)
+            return
+        body = data[start:]
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.served.append((self.path, requested, len(body)))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(base URL, served folder) of a threaded HTTP server on an ephemeral localhost port."""
+    root = tmp_path / "www"
+    root.mkdir()
+    RangeHandler.served = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def png_bytes(array: np.ndarray, ext: str) -> bytes:
+    ok, buf = cv2.imencode(ext, array)
+    assert ok
+    return buf.tobytes()
+
+
+def figaro_zip(path: Path) -> str:
+    """A two-image Figaro-1k archive in the official layout; returns its sha256."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for part, stem in (("Training", "Frame00001"), ("Testing", "Frame00901")):
+            image = rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)
+            mask = np.zeros((16, 12), np.uint8)
+            mask[:6] = 255
+            zf.writestr(f"Figaro1k/Original/{part}/{stem}-org.jpg", png_bytes(image, ".jpg"))
+            zf.writestr(f"Figaro1k/GT/{part}/{stem}-gt.pbm", png_bytes(mask, ".pbm"))
+        zf.writestr("__MACOSX/Figaro1k/._junk", b"resource fork")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lfw_files(root: Path) -> None:
+    """LFW Part Labels pieces: an images .tgz, a labels .tar.gz and a split list."""
+    rng = np.random.default_rng(1)
+    members = {
+        "lfw_funneled/Zico/Zico_0001.jpg": png_bytes(rng.integers(0, 256, (25, 25, 3), dtype=np.uint8), ".jpg"),
+    }
+    gt = np.zeros((25, 25, 3), np.uint8)
+    gt[..., 0] = 255  # blue background (BGR)
+    gt[:8, :, :] = (0, 0, 255)  # red hair on top
+    labels = {"parts_lfw_funneled_gt_images/Zico_0001.ppm": png_bytes(gt, ".ppm")}
+    for name, content in (("lfw-funneled.tgz", members), ("parts_gt.tar.gz", labels)):
+        with tarfile.open(root / name, "w:gz") as tf:
+            for member, data in content.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    (root / "parts_train.txt").write_text("Zico 1\n")
+
+
+def test_download_extract_and_load_figaro(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, www = server
+    digest = figaro_zip(www / "Figaro1k.zip")
+    dest = download_dataset("figaro1k", tmp_path / "data", url=f"{base}/Figaro1k.zip", sha256=digest, progress=False)
+    assert (dest / "Figaro1k.zip").is_file() and not (dest / "Figaro1k.zip.part").exists()
+    assert (dest / "Figaro1k" / "GT" / "Testing" / "Frame00901-gt.pbm").is_file()
+    sample = build_dataset("figaro1k", "test", root=dest)[0]
+    assert sample["name"] == "Frame00901" and sample["mask"][:6].all() and not sample["mask"][6:].any()
+
+    # a second call finds the verified file and does not touch the network (this URL would 404)
+    count = len(RangeHandler.served)
+    download_dataset("figaro1k", dest, url=f"{base}/gone/Figaro1k.zip", sha256=digest, progress=False)
+    assert len(RangeHandler.served) == count
+
+
+def test_download_several_files_tar_and_text(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, www = server
+    lfw_files(www)
+    urls = [f"{base}/lfw-funneled.tgz", f"{base}/parts_gt.tar.gz", f"{base}/parts_train.txt"]
+    dest = download_dataset("lfw_parts", tmp_path / "lfw", url=urls, progress=False)
+    assert (dest / "parts_train.txt").read_text() == "Zico 1\n"
+    ds = build_dataset("lfw_parts", "train", root=dest)
+    sample = ds[0]
+    assert sample["name"] == "Zico_0001"
+    assert sample["mask"][:8].all() and not sample["mask"][8:].any()
+
+
+def test_checksum_mismatch_is_an_error_and_leaves_nothing(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, www = server
+    figaro_zip(www / "Figaro1k.zip")
+    url = f"{base}/Figaro1k.zip"
+    with pytest.raises(DownloadError, match=rf"checksum mismatch for {url}: expected sha256 0{{64}}"):
+        download_dataset("figaro1k", tmp_path / "d", url=url, sha256="0" * 64, progress=False)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_http_404_names_the_url(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = server
+    url = f"{base}/nope/Figaro1k.zip"
+    with pytest.raises(DownloadError, match=rf"download of {url} failed: HTTP 404"):
+        download_dataset("figaro1k", tmp_path / "d", url=url, progress=False)
+    assert not list((tmp_path / "d").glob("*.zip"))
+
+
+def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"cannot download http://127\.0\.0\.1:9/Figaro1k\.zip"):
+        download_dataset("figaro1k", tmp_path / "d", url="http://127.0.0.1:9/Figaro1k.zip", progress=False)
+
+
+def test_interrupted_download_resumes_with_range(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, www = server
+    digest = figaro_zip(www / "Figaro1k.zip")
+    full = (www / "Figaro1k.zip").read_bytes()
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "Figaro1k.zip.part").write_bytes(full[:100])  # what an interrupted run leaves behind
+    download_dataset("figaro1k", dest, url=f"{base}/Figaro1k.zip", sha256=digest, progress=False)
+    assert (dest / "Figaro1k.zip").read_bytes() == full
+    assert RangeHandler.served == [("/Figaro1k.zip", "bytes=100-", len(full) - 100)]
+
+
+def test_unsafe_archive_member_is_rejected(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, www = server
+    with zipfile.ZipFile(www / "evil.zip", "w") as zf:
+        zf.writestr("../outside.txt", b"x")
+    with pytest.raises(DownloadError, match=r"would be written outside"):
+        download_dataset("figaro1k", tmp_path / "d", url=f"{base}/evil.zip", progress=False)
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_unknown_dataset_and_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="no download recipe for dataset 'celebamask_hq'"):
+        download_dataset("celebamask_hq", tmp_path)
+    with pytest.raises(DownloadError, match="2 sha256 values for 1 URLs"):
+        download_dataset("figaro1k", tmp_path, url=["http://127.0.0.1:9/a.zip"], sha256=["a", "b"], progress=False)

@@ -1,0 +1,116 @@
+"""``pipelines/sweep.py`` end to end: Ray Tune + Optuna + ASHA on a tiny space, tracked in MLflow.
+
+Real processes only: the sweep runs as a subprocess in a temporary directory, starts its own
+local Ray, and writes ./mlruns.db and ./ray_results there; the test then reads both back.
+The two failure tests prove that bad input is refused in seconds, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import mlflow.artifacts
+import pytest
+from sweep_helpers import (
+    EXPERIMENT,
+    Workspace,
+    check_sweep_accounted,
+    free_port,
+    make_workspace,
+    sweep_runs,
+    tune_results,
+)
+
+NUM_SAMPLES = 4
+EPOCHS = 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def ws(tmp_path, tmp_path_factory) -> Workspace:
+    workspace = make_workspace(tmp_path, tmp_path_factory)
+    yield workspace
+    workspace.cleanup()
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= _artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def _download(ws: Workspace, run_id: str, path: str) -> Path:
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, dst_path=str(ws.cwd / "downloads"), tracking_uri=ws.tracking_uri
+    )
+    return Path(local)
+
+
+def test_sweep_end_to_end(ws: Workspace) -> None:
+    space = ws.space({"fixed": {"epochs": EPOCHS}})
+    sweep = ws.run(
+        ["--space", str(space), "--num-samples", str(NUM_SAMPLES), "--no-finalize", "--num-cpus", "2", "--quiet"],
+        timeout=400,
+    )
+    assert sweep.proc.returncode == 0, sweep.describe()
+
+    runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
+    results = tune_results(ws.sweep_dir())
+    check_sweep_accounted(runs, results, NUM_SAMPLES, EPOCHS)
+    parent = runs.parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hairseg.sweep"] == ws.sweep_dir().name
+    assert parent.data.params["num_samples"] == str(NUM_SAMPLES)
+    assert "lr_head" in json.loads(parent.data.params["search_space"])
+
+    # ASHA: grace 1, reduction factor 2 over 3 epochs stops trials below the rung median.
+    epochs_run = {t: max(int(r["epoch"]) for r in rows) for t, rows in results.items()}
+    stopped = {t for t, n in epochs_run.items() if n < EPOCHS}
+    assert stopped, f"ASHA stopped no trial early: epochs run {epochs_run}"
+    assert len(stopped) < NUM_SAMPLES, "the first trial at each rung always continues"
+    for trial_id, run in runs.by_trial().items():
+        assert run.data.tags["hairseg.early_stopped"] == str(trial_id in stopped)
+        assert run.data.params["lr_head"] == str(results[trial_id][0]["config"]["lr_head"])
+        assert "predictions/epoch001_0.png" in _artifact_paths(runs.client, run.info.run_id, "predictions")
+
+    # Summary on the parent: the results table, best trial and Optuna plots.
+    client, parent_id = runs.client, parent.info.run_id
+    artifacts = _artifact_paths(client, parent_id)
+    assert {"results/trials.json", "results/trials.csv", "best_trial.json", "search_space.json"} <= artifacts
+    table = list(csv.DictReader(io.StringIO(_download(ws, parent_id, "results/trials.csv").read_text())))
+    assert sorted(row["trial_id"] for row in table) == sorted(results)
+    assert {row["trial_id"]: int(row["epochs_run"]) for row in table} == epochs_run
+    best_loss = {t: min(r["val_loss"] for r in rows) for t, rows in results.items()}
+    best = min(best_loss, key=best_loss.get)
+    assert parent.data.tags["hairseg.best_trial"] == best
+    assert parent.data.tags["hairseg.best_run_id"] == runs.by_trial()[best].info.run_id
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best_loss[best])
+    for plot in ("optimization_history", "intermediate_values"):
+        assert f"plots/{plot}.png" in artifacts, f"missing Optuna plot {plot}: {sorted(artifacts)}"
+        assert _download(ws, parent_id, f"plots/{plot}.png").read_bytes()[:8] == PNG_MAGIC
+    for plot in ("param_importances", "parallel_coordinate"):  # drawn, or the reason it was not
+        assert {f"plots/{plot}.png", f"plots/{plot}.txt"} & artifacts
+
+
+def test_invalid_space_exits_2_before_ray(ws: Workspace) -> None:
+    space = ws.space({"params": {"lr_headd": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    sweep = ws.run(["--space", str(space), "--no-finalize"], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert f"{space}: params.lr_headd" in sweep.stderr, sweep.stderr
+    assert "not a training setting" in sweep.stderr
+    assert "Ray instance" not in sweep.stderr, "Ray must not start for an invalid space"
+    assert not ws.storage.exists()
+
+
+def test_unreachable_tracking_server_exits_2_before_any_trial(ws: Workspace) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    space = ws.space()
+    sweep = ws.run(["--space", str(space), "--no-finalize", "--tracking-uri", uri], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert f"cannot reach the MLflow tracking server at {uri}" in sweep.stderr, sweep.stderr
+    assert "Ray instance" not in sweep.stderr
+    assert not ws.storage.exists()
