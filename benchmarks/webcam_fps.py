@@ -13,11 +13,15 @@ and the end-to-end fps of the whole app loop (BGR→RGB, letterbox + normalise, 
 640x480, EMA smoothing, Lab recolouring, RGB→BGR). Timing is interleaved across back-ends (one call of
 each per round) so that load from other processes on a shared machine hits every row alike.
 
-int8 quality: with ``--checkpoint`` (a trained model) and ``--data`` (a folder split with images/ and
-masks/), the mIoU of int8 vs fp32 ONNX on that split; otherwise only *agreement* of int8 with fp32 on the
-frames (argmax pixel agreement, max/mean |Δprob|) — agreement, not accuracy, and on random weights.
+int8 quality: the speed variants have random weights (nothing is downloaded), so for them only the
+numerical agreement of int8 with fp32 is printed (max/mean |Δprob|; not accuracy). With ``--checkpoint`` (a
+trained model) and ``--miou-data`` (a split folder with images/ and masks/), the same model is exported and
+quantised and the mIoU of fp32 vs int8 ONNX on that split is reported, with pixel agreement; a speed variant
+with the checkpoint's architecture then also runs with the trained weights, so its end-to-end numbers colour a
+realistic hair area instead of the whole frame (random weights give p ≈ 0.5 everywhere).
 
-    python benchmarks/webcam_fps.py --data ../shared/data/celeb1k/val --threads 2
+    python benchmarks/webcam_fps.py --data ../shared/data/celeb1k/val --threads 2 \
+        --checkpoint runs/light/checkpoint.pt --miou-data ../shared/data/celeb1k/val --json out.json
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import torch  # noqa: E402
 from hairseg_core.coloring import TemporalSmoother, recolor  # noqa: E402
 from hairseg_core.export import (  # noqa: E402
     export_all,
+    normalize_image,
     synthetic_portrait,
 )
 from hairseg_core.inference import (  # noqa: E402
@@ -154,10 +159,14 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
 def interleaved_median_ms(
     calls: dict[str, Callable[[int], object]], rounds: int, warmup: int
 ) -> dict[str, dict[str, float]]:
-    """Call each entry once per round (argument: round index); median/p90 ms per entry after warm-up."""
+    """Call each entry once per round in shuffled order (argument: round index); median/p90 ms per entry."""
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    rng = np.random.default_rng(0)
     for index in range(warmup + rounds):
-        for name, fn in calls.items():
+        rng.shuffle(order)  # no call always follows the same neighbour (thread pools winding down, caches)
+        for name in order:
+            fn = calls[name]
             start = time.perf_counter()
             fn(index)
             if index >= warmup:
@@ -185,6 +194,7 @@ def stage_breakdown(frames: list[np.ndarray], size: int, rounds: int) -> dict[st
     fake = rng.random((size, size), dtype=np.float32)
     probs = [unletterbox(fake, b) for b in boxes]
     smoother = TemporalSmoother(0.5)
+    hair = _hair_blob(*FRAME_HW)
     stages = {
         "bgr<->rgb": lambda i: (
             cv2.cvtColor(frames[i % len(frames)], cv2.COLOR_BGR2RGB),
@@ -193,14 +203,16 @@ def stage_breakdown(frames: list[np.ndarray], size: int, rounds: int) -> dict[st
         "letterbox+normalise": lambda i: pre(rgbs[i % len(rgbs)]),
         "prob->frame": lambda i: unletterbox(fake, boxes[i % len(boxes)]),
         "ema": lambda i: smoother(probs[i % len(probs)]),
-        "recolour": lambda i: recolor(rgbs[i % len(rgbs)], _hairish(probs[i % len(probs)]), "red", 0.8),
+        "recolour": lambda i: recolor(rgbs[i % len(rgbs)], hair, "red", 0.8),
     }
     return {k: round(v["median_ms"], 2) for k, v in interleaved_median_ms(stages, rounds, 2).items()}
 
 
-def _hairish(prob: np.ndarray) -> np.ndarray:
-    """A probability map covering ~25% of the frame (a head's hair), for timing the recolouring."""
-    return np.where(prob > 0.75, prob, 0.0).astype(np.float32)
+def _hair_blob(height: int, width: int) -> np.ndarray:
+    """A soft head-of-hair probability map (~20% of a 640x480 frame), for timing the recolouring."""
+    blob = np.zeros((height, width), np.float32)
+    cv2.ellipse(blob, (width // 2, height * 2 // 5), (width // 5, height // 3), 0, 0, 360, 1.0, -1)
+    return cv2.GaussianBlur(blob, (0, 0), 6)
 
 
 # ------------------------------------------------------------------------------------------- quality
@@ -210,7 +222,9 @@ def agreement(reference: Callable, other: Callable, batches: list[np.ndarray]) -
     """Argmax pixel agreement and |Δprob| between two runners on the same batches."""
     agree, max_abs, mean_abs = [], 0.0, []
     for batch in batches:
-        a, b = reference(batch), other(batch)
+        a, b = np.asarray(reference(batch)), np.asarray(other(batch))
+        if a.ndim == 2:  # predictors return HxW hair probabilities
+            a, b = np.stack([1 - a, a])[None], np.stack([1 - b, b])[None]
         agree.append(float(np.mean(a.argmax(1) == b.argmax(1))))
         diff = np.abs(a[:, 1] - b[:, 1])
         max_abs = max(max_abs, float(diff.max()))
@@ -222,14 +236,20 @@ def agreement(reference: Callable, other: Callable, batches: list[np.ndarray]) -
     }
 
 
-def miou_on_folder(predictors: dict[str, HairPredictor], split_dir: Path, limit: int | None) -> dict[str, float]:
-    """mIoU of each predictor (whole-image letterbox pipeline, argmax at 0.5) on images/ + masks/."""
+def miou_on_folder(
+    predictors: dict[str, HairPredictor], split_dir: Path, limit: int | None, reference: str
+) -> dict[str, Any]:
+    """mIoU of each predictor (whole-image letterbox pipeline, hair where p > 0.5) on images/ + masks/,
+    plus each predictor's agreement with ``reference`` (argmax pixel agreement, max/mean |Δp|)."""
     from hairseg_core.metrics import ConfusionMatrix
 
     images = sorted((split_dir / "images").glob("*"))[:limit]
     if not images:
-        raise SystemExit(f"--data {split_dir}: no images/ found for the mIoU check")
+        raise SystemExit(f"--miou-data {split_dir}: no images/ found for the mIoU check")
     matrices = {name: ConfusionMatrix(2) for name in predictors}
+    agree: dict[str, list[float]] = {name: [] for name in predictors}
+    mean_abs: dict[str, list[float]] = {name: [] for name in predictors}
+    max_abs = dict.fromkeys(predictors, 0.0)
     for image_path in images:
         mask_path = split_dir / "masks" / f"{image_path.stem}.png"
         mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
@@ -237,9 +257,56 @@ def miou_on_folder(predictors: dict[str, HairPredictor], split_dir: Path, limit:
             raise SystemExit(f"{mask_path}: mask missing or unreadable")
         rgb = cv2.imread(str(image_path))[..., ::-1].copy()
         target = (mask > 127).astype(np.int64)
-        for name, predictor in predictors.items():
-            matrices[name].update((predictor(rgb) > 0.5).astype(np.int64), target)
-    return {name: round(float(m.compute()["mIoU"]), 4) for name, m in matrices.items()}
+        probs = {name: predictor(rgb) for name, predictor in predictors.items()}
+        for name, prob in probs.items():
+            matrices[name].update((prob > 0.5).astype(np.int64), target)
+            diff = np.abs(prob - probs[reference])
+            agree[name].append(float(np.mean((prob > 0.5) == (probs[reference] > 0.5))))
+            mean_abs[name].append(float(diff.mean()))
+            max_abs[name] = max(max_abs[name], float(diff.max()))
+    return {
+        "images": len(images),
+        "miou": {name: round(float(m.compute()["miou"]), 4) for name, m in matrices.items()},
+        "agreement_vs_fp32": {
+            name: {
+                "pixel_agreement": round(float(np.mean(agree[name])), 5),
+                "max_abs_dprob": round(max_abs[name], 4),
+                "mean_abs_dprob": round(float(np.mean(mean_abs[name])), 5),
+            }
+            for name in predictors
+            if name != reference
+        },
+    }
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, image_dir: Path, count: int, size: int) -> int:
+    """Recompute BatchNorm running statistics from ``count`` images (resized to ``size``) in train mode.
+
+    A very short from-scratch CPU run leaves running statistics that lag far behind the weights, and the
+    eval-mode network then predicts one class everywhere; averaging exact batch statistics over some
+    training images ("precise BN") fixes that without changing any weight. Returns the images used.
+    """
+    files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "mask" not in str(p))
+    files = files[:count]
+    if not files:
+        raise SystemExit(f"--recalibrate-bn {image_dir}: no images found")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches below
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(files), 8):
+            batch = [
+                normalize_image(cv2.resize(cv2.imread(str(f))[..., ::-1].copy(), (size, size)))
+                for f in files[start : start + 8]
+            ]
+            model(torch.cat(batch))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+    return len(files)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -292,21 +359,15 @@ def benchmark_variant(
         size_meta = dataclasses.replace(metadata, input_size=size)
         preprocess = Preprocessor(size_meta)
         batches = [preprocess(rgb)[0].copy() for rgb in rgb_frames]
-        model_only = interleaved_median_ms(
-            {row: (lambda i, r=r, b=batches: r(b[i % len(b)])) for row, r in runners.items()},
-            args.rounds,
-            args.warmup,
-        )
         predictors = {row: HairPredictor(r, size_meta) for row, r in runners.items()}
         smoothers = {row: TemporalSmoother(0.5) for row in runners}
-        end_to_end = interleaved_median_ms(
-            {
-                row: (lambda i, p=p, s=smoothers[row]: app_step(p, s, frames[i % len(frames)]))
-                for row, p in predictors.items()
-            },
-            args.rounds,
-            args.warmup,
-        )
+        calls: dict[str, Callable[[int], object]] = {}
+        for row, r in runners.items():  # model-only and end-to-end in the same rounds: same load for both
+            calls[f"{row}|model"] = lambda i, r=r, b=batches: r(b[i % len(b)])
+            calls[f"{row}|e2e"] = lambda i, p=predictors[row], s=smoothers[row]: app_step(p, s, frames[i % len(frames)])
+        timed = interleaved_median_ms(calls, args.rounds, args.warmup)
+        model_only = {row: timed[f"{row}|model"] for row in runners}
+        end_to_end = {row: timed[f"{row}|e2e"] for row in runners}
         eager_ms = model_only["eager"]["median_ms"]
         rows = {}
         for row in BACKEND_ROWS:
@@ -338,7 +399,8 @@ def format_tables(results: dict[str, Any]) -> str:
         cfg = res["config"]
         lines.append(
             f"\n**{name}** ({cfg['backbone']}, OS {cfg['output_stride']}, ASPP {cfg['aspp_channels']}, "
-            f"decoder {cfg['decoder_channels']}; {res['parameters_m']} M params; ONNX via {res['onnx_exporter']})\n"
+            f"decoder {cfg['decoder_channels']}; {res['parameters_m']} M params; ONNX via {res['onnx_exporter']}; "
+            f"{res['weights']})\n"
         )
         lines.append("| input | back-end | model ms | model fps | × eager | end-to-end ms | end-to-end fps |")
         lines.append("|---|---|---:|---:|---:|---:|---:|")
@@ -351,15 +413,30 @@ def format_tables(results: dict[str, Any]) -> str:
         lines.append("\nnon-model stages (ms, 640x480 frame): ")
         for size, block in res["sizes"].items():
             lines.append(f"- {size}: " + ", ".join(f"{k} {v}" for k, v in block["stages_ms"].items()))
-        lines.append("\nint8 vs fp32 ONNX on the frames (agreement, not accuracy):")
+        lines.append(f"\nint8 vs fp32 ONNX on the frames ({res['weights']}; agreement, not accuracy):")
         for size, block in res["sizes"].items():
             for row, q in block["int8_agreement_vs_fp32"].items():
+                argmax = "" if res["weights"] == "random init" else f"argmax agreement {q['pixel_agreement']:.4f}, "
                 lines.append(
-                    f"- {size} {row}: argmax agreement {q['pixel_agreement']:.4f}, "
-                    f"max |Δp| {q['max_abs_dprob']:.3f}, mean |Δp| {q['mean_abs_dprob']:.4f}"
+                    f"- {size} {row}: {argmax}max |Δp| {q['max_abs_dprob']:.4f}, mean |Δp| {q['mean_abs_dprob']:.5f}"
                 )
+        if res["weights"] == "random init":
+            lines.append("  (random weights give p ≈ 0.5 everywhere, so argmax agreement would be meaningless)")
     if "int8_miou" in results:
-        lines.append(f"\nint8 vs fp32 mIoU ({results['int8_miou']['source']}): {results['int8_miou']['miou']}")
+        block = results["int8_miou"]
+        lines.append(f"\nint8 vs fp32 on a trained model ({block['source']}, {block['images']} images):")
+        if "bn_recalibration" in results:
+            lines.append(f"(BatchNorm statistics recomputed first on {results['bn_recalibration']})")
+        lines.append("\n| model | mIoU | pixel agreement with fp32 | max abs dp | mean abs dp |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for name, miou in block["miou"].items():
+            q = block["agreement_vs_fp32"].get(name)
+            extra = (
+                f"{q['pixel_agreement']:.4f} | {q['max_abs_dprob']:.3f} | {q['mean_abs_dprob']:.4f}"
+                if q
+                else "- | - | -"
+            )
+            lines.append(f"| {name} | {miou:.4f} | {extra} |")
     return "\n".join(lines)
 
 
@@ -375,7 +452,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration", type=int, default=8, help="frames for static int8 calibration")
     parser.add_argument("--checkpoint", type=Path, default=None, help="trained checkpoint for the int8 mIoU check")
     parser.add_argument("--miou-data", type=Path, default=None, help="split dir with images/ masks/ for mIoU")
+    parser.add_argument(
+        "--miou-size",
+        type=int,
+        default=None,
+        help="input size for the mIoU check (default: the checkpoint's eval_size / crop_size)",
+    )
     parser.add_argument("--miou-limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument(
+        "--recalibrate-bn",
+        type=Path,
+        default=None,
+        help="recompute the checkpoint's BatchNorm statistics on images of this folder first (for very short runs)",
+    )
+    parser.add_argument("--recalibrate-images", type=int, default=160)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -400,13 +490,24 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {},
     }
     with tempfile.TemporaryDirectory(prefix="webcam_fps_") as tmp:
+        trained, state = load_checkpoint_model(args.checkpoint) if args.checkpoint is not None else (None, {})
+        train_config = state.get("train_config") or {}
+        if trained is not None and args.recalibrate_bn is not None:
+            size = int(train_config.get("crop_size") or args.sizes[0])
+            used = recalibrate_batchnorm(trained, args.recalibrate_bn, args.recalibrate_images, size)
+            results["bn_recalibration"] = f"{used} images of {args.recalibrate_bn} at {size}x{size}"
         for name in args.variants:
-            model = build_model(**VARIANTS[name], pretrained="none").eval()
+            spec = VARIANTS[name]
+            if trained is not None and all(trained.config.get(k) == v for k, v in spec.items()):
+                model, weights = trained, f"trained checkpoint {args.checkpoint}"
+            else:
+                model, weights = build_model(**spec, pretrained="none").eval(), "random init"
             results["variants"][name] = benchmark_variant(name, model, frames, args.sizes, args, Path(tmp))
+            results["variants"][name]["weights"] = weights
         if args.checkpoint is not None:
             if args.miou_data is None:
                 raise SystemExit("--checkpoint needs --miou-data (a split dir with images/ and masks/)")
-            results["int8_miou"] = int8_miou(args, frames, Path(tmp))
+            results["int8_miou"] = int8_miou(args, trained, train_config, frames, Path(tmp))
     try:
         results["load_average_at_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
@@ -418,12 +519,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def int8_miou(args: argparse.Namespace, frames: list[np.ndarray], workdir: Path) -> dict[str, Any]:
+def int8_miou(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    train_config: dict[str, Any],
+    frames: list[np.ndarray],
+    workdir: Path,
+) -> dict[str, Any]:
     """fp32 vs int8 (dynamic, static) ONNX mIoU of a trained checkpoint on a labelled split."""
     from hairseg_core.export import ModelMetadata
 
-    model, state = load_checkpoint_model(args.checkpoint)
-    size = args.sizes[0]
+    # evaluate at the scale the model was trained for, unless told otherwise
+    size = int(args.miou_size or train_config.get("eval_size") or train_config.get("crop_size") or args.sizes[0])
     exported = export_all(model, workdir / "checkpoint", input_size=size, latency_repeats=1)
     metadata = ModelMetadata(input_size=size, model_config=dict(model.config))
     rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames[: args.calibration]]
@@ -435,7 +542,7 @@ def int8_miou(args: argparse.Namespace, frames: list[np.ndarray], workdir: Path)
     return {
         "source": f"{args.checkpoint} on {args.miou_data} at input {size}",
         "model_config": dict(model.config),
-        "miou": miou_on_folder(predictors, args.miou_data, args.miou_limit),
+        **miou_on_folder(predictors, args.miou_data, args.miou_limit, reference="onnx-fp32"),
     }
 
 

@@ -171,14 +171,19 @@ class OnnxExport:
     fallback_reason: str | None = None
 
 
-def onnx_session(path: str | Path, intra_op_threads: int | None = None) -> Any:
-    """onnxruntime CPU session with all graph optimisations (fusions, constant folding, layout)."""
+def onnx_session(path: str | Path, intra_op_threads: int | None = None, allow_spinning: bool = False) -> Any:
+    """onnxruntime CPU session with all graph optimisations (fusions, constant folding, layout).
+
+    Spinning is off by default: between two frames the app does its own CPU work (letterbox, colouring,
+    video I/O), and ORT worker threads busy-waiting for the next run would take the cores it needs.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     if intra_op_threads is not None:
         options.intra_op_num_threads = int(intra_op_threads)
     options.log_severity_level = 3
@@ -193,12 +198,15 @@ def _onnx_opset(path: Path) -> int:
 
 
 def _verify_onnx_dynamic(path: Path, wrapped: nn.Module) -> None:
-    """Run the file at (1, 224, 224) and (3, 257, 257) and compare with eager; raise ExportError if off."""
+    """Run the file at (1, 224, 224) and (3, 257, 257) and compare with eager; raise ExportError if off.
+
+    This guards the dynamic axes: a baked-in shape fails to run or is off by O(0.1). The tolerance is
+    therefore 10x looser than :func:`parity_check`'s, which is the strict numerical check on a real image.
+    """
     session = onnx_session(path)
     name = session.get_inputs()[0].name
-    generator = torch.Generator().manual_seed(1)
     for batch, size in ((1, 224), (3, 257)):
-        x = torch.randn(batch, 3, size, size, generator=generator)
+        x = torch.cat([normalize_image(synthetic_portrait(size, size, seed=b)) for b in range(batch)])
         try:
             got = session.run(None, {name: x.numpy()})[0]
         except Exception as exc:
@@ -208,7 +216,7 @@ def _verify_onnx_dynamic(path: Path, wrapped: nn.Module) -> None:
         with torch.no_grad():
             want = wrapped(x).numpy()
         diff = float(np.max(np.abs(got - want)))
-        if diff > PARITY_TOLERANCE:
+        if diff > 10 * PARITY_TOLERANCE:
             raise ExportError(f"{path}: batch {batch} at {size}x{size} differs from eager by {diff:.2e}")
 
 

@@ -174,7 +174,7 @@ def finalize(
     new_score = baseline[settings.promote_metric]
     promote, reason = decide_promotion(new_score, champion_score, settings.promote_margin, settings.promote_metric)
     decision = {"promote": promote, "reason": reason, "new_score": new_score, "champion_score": champion_score,
-                "champion_version": champion.version if champion else None, "dry_run": dry_run}
+                "champion_version": str(champion.version) if champion else None, "dry_run": dry_run}
     version = None
     if dry_run:
         print(f"\n[dry run] would {'promote' if promote else 'not promote'}: {reason}")

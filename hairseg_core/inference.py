@@ -70,10 +70,12 @@ class OnnxRunner:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, intra_op_threads: int | None = None, **_: Any) -> None:
+    def __init__(
+        self, path: str | Path, intra_op_threads: int | None = None, allow_spinning: bool = False, **_: Any
+    ) -> None:
         self.path = Path(path)
         try:
-            self.session = onnx_session(self.path, intra_op_threads=intra_op_threads)
+            self.session = onnx_session(self.path, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)
         except Exception as exc:
             raise InferenceError(f"{self.path}: onnxruntime cannot load this file: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name

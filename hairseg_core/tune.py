@@ -29,7 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig
-from hairseg_core.tracking import Tracker, start_system_metrics
+from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
 from hairseg_core.train import CHECKPOINT_FILE, Trainer, TrialData, load_trial_data
 from hairseg_core.visualize import prediction_panel
 
@@ -179,13 +179,21 @@ def run_trial(
         trainer = Trainer(cfg, data=data, cpus=cpus)
 
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
+    known_run = trainer.extra.get("mlflow_run_id") or tracker.find_trial(tracking.sweep, trial_id)
+    ended = _epochs_if_ended(tracker, known_run) if known_run else None
+    if ended is not None:
+        # The driver closed this trial's run (completed or stopped by ASHA) and then died
+        # before Tune's experiment state recorded the end: do not train it again.
+        trainer.extra["mlflow_run_id"] = known_run
+        _catch_up(trainer, ended)
+        return
     run_id = tracker.start_trial(
         tracking.sweep,
         tracking.parent_run_id,
         trial_id,
         trial_name,
         params={**cfg.model_dump(), "sampled": sampled},
-        run_id=trainer.extra.get("mlflow_run_id"),
+        run_id=known_run,
     )
     trainer.extra["mlflow_run_id"] = run_id
     # Where this attempt runs and which epoch it continues from: after a node loss or a
@@ -200,8 +208,9 @@ def run_trial(
     )
     monitor = start_system_metrics(run_id, tracking.tracking_uri)
     try:
-        if trainer.epoch >= cfg.epochs and trainer.history:  # restored after its last epoch
-            _report(trainer, trainer.history[-1])
+        if trainer.epoch >= cfg.epochs:
+            # Restored from its last epoch's checkpoint: Tune already holds that result, and
+            # reporting it again would count an extra iteration. Returning ends the trial.
             return
         best = -math.inf
         for result in trainer.fit():
@@ -221,6 +230,28 @@ def run_trial(
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def _epochs_if_ended(tracker: Tracker, run_id: str) -> int | None:
+    """Epochs of a trial whose run the driver already closed as FINISHED, else None."""
+    run = with_retries(lambda: tracker.client.get_run(run_id), "get trial run")
+    epochs = run.data.tags.get("hairseg.epochs_run")
+    if run.info.status != "FINISHED" or epochs is None:
+        return None
+    return int(epochs)
+
+
+def _catch_up(trainer: Trainer, epochs: int) -> None:
+    """Bring Tune's restored view of an already-ended trial up to the epoch it ended at.
+
+    Tune's saved state may predate the trial's last epochs (it is written every few seconds).
+    Those epochs are trained again from the restored checkpoint and reported to Tune, which
+    needs their results and checkpoints, but not logged to MLflow, which already has them
+    (training is reseeded per epoch, so the values are the same). Usually there is nothing to
+    do: the checkpoint Tune restored is the trial's last.
+    """
+    while trainer.epoch < epochs:
+        _report(trainer, trainer.run_epoch())
 
 
 def _report(trainer: Trainer, result: dict[str, float]) -> None:

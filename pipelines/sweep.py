@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # Ray workers inherit it
+    # "local" rather than None: ray.init(address=None) joins whatever cluster
+    # /tmp/ray/ray_current_cluster names (a `ray start`, or a crashed run's stale leftover that
+    # then hangs the sweep) instead of starting the local Ray this command promises.
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    problem = check_ray_address(address)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     import ray
 
@@ -96,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: cheap resume
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
-        address=args.address,
-        num_cpus=args.num_cpus if not args.address else None,
-        include_dashboard=False if not args.address else None,
+        address=address,
+        num_cpus=args.num_cpus if address == "local" else None,
+        include_dashboard=False if address == "local" else None,
         log_to_driver=not args.quiet,
     )
     try:
@@ -140,6 +149,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         ray.shutdown()
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why a ``host:port`` cluster address is unusable, or None.
+
+    ``ray.init`` retries an unreachable GCS forever (minutes of warnings, no exit), so a typo'd
+    port or a head node that is down is caught here with one TCP connect.
+    """
+    if not address or address in {"auto", "local"}:
+        return None
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"Ray address {address!r} (--address / RAY_ADDRESS): expected host:port, ray://host:port, auto"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return (
+            f"cannot reach the Ray cluster at {address} ({exc}). Check --address / RAY_ADDRESS, or start "
+            "the head node (`ray start --head`); leave both unset to run on a local Ray instead."
+        )
 
 
 def print_summary(rows, best, metric: str, elapsed: float, tracking_uri: str, experiment: str) -> None:

@@ -214,23 +214,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     colors = [args.color] + [c for c in COLOR_CYCLE if c != args.color.strip().lower()]
     if not 0.0 <= args.strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.headless and args.output is None:
         raise ValueError("--headless needs --output (a video file, an image file or a directory)")
     smoother = TemporalSmoother(args.smooth)
 
-    source = open_source(args.source, camera_timeout=args.camera_timeout)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    predictor = load_predictor(
-        args.model, args.backend, intra_op_threads=args.threads, channels_last=not args.no_channels_last
-    )
+    source = open_source(args.source, camera_timeout=args.camera_timeout)
     show = not args.headless
-    if show and not _gui_available():
-        source.close()
-        raise SourceError("OpenCV has no GUI support here (opencv-python-headless?); use --headless --output PATH")
+    try:
+        # eager PyTorch runs channels-last by default: 1.1-1.2x faster here (benchmarks/README.md)
+        predictor = load_predictor(
+            args.model, args.backend, intra_op_threads=args.threads, channels_last=not args.no_channels_last
+        )
+        if show and not _gui_available():
+            raise SourceError("OpenCV has no GUI support here (opencv-python-headless?); use --headless --output")
+    except BaseException:
+        source.close()  # release the camera before reporting
+        raise
     sink = FrameSink(Path(args.output), source.fps) if args.output else None
+    if sink is not None and sink.mode == "image" and args.max_frames != 1 and source.count != 1:
+        source.close()
+        raise SourceError(f"{sink.target}: an image output holds one frame; give a directory or a video file")
 
     total = source.count if args.max_frames is None else min(source.count or args.max_frames, args.max_frames)
     progress = None

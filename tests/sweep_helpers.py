@@ -122,17 +122,25 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def kill_tree(pid: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> list[psutil.Process]:
-    """Signal ``pid`` and every descendant (Ray's raylet, GCS, workers...); return survivors.
+def kill_tree(pid: int, grace: float = 0.0, timeout: float = 30.0) -> list[psutil.Process]:
+    """Kill ``pid`` and every descendant (Ray's raylet, GCS, workers...); return survivors.
 
     Descendants are collected *before* signalling: once the parent dies they are re-parented
-    and can no longer be found through it.
+    and can no longer be found through it. With ``grace`` > 0 they get SIGTERM and that long
+    to exit before SIGKILL. psutil checks a process's start time before signalling it, so a
+    recycled pid is never hit.
     """
     procs = process_tree(pid)
-    for proc in procs:
+    alive = procs
+    if grace > 0:
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=grace)
+    for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(sig)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+            proc.kill()
+    _, alive = psutil.wait_procs(alive, timeout=timeout)
     return alive
 
 
@@ -181,16 +189,23 @@ class SweepProcess:
             ) from None
 
     def kill(self) -> list[psutil.Process]:
-        """SIGKILL the driver and all its descendants, as a crashed machine would."""
-        survivors = kill_tree(self.proc.pid)
+        """SIGKILL the driver and all its descendants, as a crashed machine would; return survivors."""
+        if self.proc.poll() is not None:  # exited (and reaped): its pid may belong to another process now
+            return []
+        tree = process_tree(self.proc.pid)  # before the kill: orphans are re-parented at once
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its process group, while the leader is unreaped
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         self.proc.wait(timeout=30)
+        _, survivors = psutil.wait_procs(tree, timeout=30)
         return survivors
 
     def describe(self) -> str:
         return (
-            f"exit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}"
+            f"exit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}"
+            f"\n--- stderr\n{self.stderr[-6000:]}"
         )
 
 
@@ -237,9 +252,9 @@ class Workspace:
         return sweep
 
     def cleanup(self) -> None:
+        """Kill sweeps a failed test left running."""
         for sweep in self.started:
-            if sweep.proc.poll() is None or process_tree(sweep.proc.pid):
-                sweep.kill()
+            sweep.kill()
 
     def sweep_dir(self) -> Path:
         """The one Tune experiment folder under ./ray_results."""
@@ -315,11 +330,15 @@ class MlflowServer:
             "1",
         ]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         log.close()
         try:
             wait_until(
-                lambda: self.healthy() or self.proc.poll() is not None, timeout, f"MLflow server on {self.uri}"
+                lambda: self.healthy() or self.proc.poll() is not None,
+                timeout,
+                f"MLflow server on {self.uri}",
             )
         except AssertionError:
             self.stop()
@@ -335,9 +354,8 @@ class MlflowServer:
         """Kill the server and its uvicorn workers; the port is free again afterwards."""
         if self.proc is None:
             return
-        kill_tree(self.proc.pid, signal.SIGTERM, timeout=10)
-        kill_tree(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        if self.proc.poll() is None:
+            kill_tree(self.proc.pid, grace=10)
             self.proc.wait(timeout=10)
         self.proc = None
         wait_until(lambda: not self.healthy(), 30, f"MLflow server on {self.uri} to stop")
@@ -350,10 +368,19 @@ class MlflowServer:
 
 
 # ----------------------------------------------------------------------------- Ray cluster
+#: Environment a driver needs to join a cluster bound to 127.0.0.1. Ray "resolves" a loopback
+#: address (``--address 127.0.0.1:PORT``) to the machine's outward IP unless it believes cluster
+#: mode is off (its macOS/Windows default), and then retries a GCS that is not listening there
+#: forever. Token authentication (Ray >= 2.59) needs nothing here: the cluster and the driver
+#: both use the token Ray keeps in ~/.ray/auth_token.
+LOOPBACK_DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 @contextlib.contextmanager
 def local_cluster(workers: int = 2) -> Iterator[tuple[Any, list[Any]]]:
     """A real multi-node Ray cluster on 127.0.0.1: a head with no CPUs (so every trial runs on a
     worker node) and ``workers`` nodes of one CPU each, told apart by a ``worker<i>`` resource.
+    Drivers join it with ``--address cluster.address`` and :data:`LOOPBACK_DRIVER_ENV`.
 
     Ray records a started cluster in /tmp/ray/ray_current_cluster, where any later
     ``ray.init()`` on this machine would find and join it; the record is removed at once.
@@ -439,22 +466,32 @@ def check_sweep_accounted(
     parent = runs.parents[0]
     assert len(results) == num_samples, f"Tune holds {len(results)} trials, expected {num_samples}"
     trial_ids = [r.data.tags.get("hairseg.trial_id") for r in runs.trials]
-    assert sorted(trial_ids) == sorted(results), f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
+    assert sorted(trial_ids) == sorted(results), (
+        f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
+    )
     for trial_id, run in runs.by_trial().items():
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id, f"trial {trial_id} has another parent"
         assert run.info.status == "FINISHED", f"trial {trial_id} run is {run.info.status}"
         rows = results[trial_id]
         for row in rows:
-            assert row["training_iteration"] == row["epoch"], f"trial {trial_id}: Tune iteration != epoch: {row}"
+            assert row["training_iteration"] == row["epoch"], (
+                f"trial {trial_id}: Tune iteration != epoch: {row}"
+            )
         tune_epochs = {int(row["epoch"]): row["val_miou"] for row in rows}
         last = max(tune_epochs)
-        assert sorted(tune_epochs) == list(range(1, last + 1)), f"trial {trial_id}: Tune epochs {sorted(tune_epochs)}"
+        assert sorted(tune_epochs) == list(range(1, last + 1)), (
+            f"trial {trial_id}: Tune epochs {sorted(tune_epochs)}"
+        )
         assert last <= epochs
-        assert int(tags["hairseg.epochs_run"]) == last, f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
+        assert int(tags["hairseg.epochs_run"]) == last, (
+            f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
+        )
         history = runs.history(run.info.run_id)
         steps = sorted({step for step, _ in history})
         assert steps == list(range(1, last + 1)), f"trial {trial_id}: MLflow val_miou steps {history}"
         final = {step: value for step, value in history}  # the last value logged per step
         for epoch, value in tune_epochs.items():
-            assert abs(final[epoch] - value) < 1e-9, f"trial {trial_id} epoch {epoch}: MLflow {final[epoch]} != Tune {value}"
+            assert abs(final[epoch] - value) < 1e-9, (
+                f"trial {trial_id} epoch {epoch}: MLflow {final[epoch]} != Tune {value}"
+            )

@@ -8,8 +8,11 @@ its MLflow run (``hairseg.node_id``), which is how the test sees where trials la
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sweep_helpers import (
+    LOOPBACK_DRIVER_ENV,
     Workspace,
     check_sweep_accounted,
     local_cluster,
@@ -25,7 +28,7 @@ EPOCHS = 2
 
 
 @pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Workspace:
+def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
     workspace = make_workspace(tmp_path, tmp_path_factory)
     yield workspace
     workspace.cleanup()
@@ -33,9 +36,10 @@ def ws(tmp_path, tmp_path_factory) -> Workspace:
 
 def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:
     space = ws.space({"num_samples": NUM_SAMPLES, "max_concurrent_trials": 2, "fixed": {"epochs": EPOCHS}})
+    ws.extra_env.update(LOOPBACK_DRIVER_ENV)
     with local_cluster(workers=2) as (cluster, workers):
         sweep = ws.run(
-            ["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=400
+            ["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=300
         )
         head_id = cluster.head_node.node_id
     assert sweep.proc.returncode == 0, sweep.describe()

@@ -3,13 +3,19 @@
 The harsh case on purpose: a laptop lid closed, an OOM kill or a preempted head node gives
 the driver no chance to save anything, so resume must work from what Tune had already
 written (experiment state, checkpoints) and what MLflow holds. What must hold afterwards:
-every trial ran exactly once to its end (Tune and MLflow agree), trials that had finished
-before the kill were not trained again, and the sweep kept its one parent run.
+every trial is recorded once and to its end (Tune and MLflow agree), a trial that had ended
+before the kill (completed, or stopped by ASHA) keeps its MLflow record unchanged and does
+not train past the epoch it ended at, and the sweep keeps its one parent run.
+
+The kill lands right after a trial's run was closed, while Tune's experiment state (saved
+every few seconds) may still show that trial running: the window that used to make resume
+train ASHA-stopped trials on to the last epoch.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 from sweep_helpers import (
@@ -27,7 +33,7 @@ EPOCHS = 3
 
 
 @pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Workspace:
+def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
     workspace = make_workspace(tmp_path, tmp_path_factory)
     yield workspace
     workspace.cleanup()
@@ -40,27 +46,32 @@ def _parent_id(stdout: str) -> str:
 
 
 def test_resume_after_driver_sigkill(ws: Workspace) -> None:
-    space = ws.space({"num_samples": NUM_SAMPLES, "fixed": {"epochs": EPOCHS}})
+    # keep_checkpoints 2 (as the shipped spaces): Tune then saves its experiment state only every
+    # TUNE_GLOBAL_CHECKPOINT_S, not after each checkpoint, so the kill can land between a trial's
+    # end and the state file that records it, the case resume must handle.
+    space = ws.space(
+        {
+            "num_samples": NUM_SAMPLES,
+            "max_concurrent_trials": 2,
+            "fixed": {"epochs": EPOCHS},
+            "keep_checkpoints": 2,
+        }
+    )
     args = ["--space", str(space), "--no-finalize", "--num-cpus", "2", "--quiet"]
     first = ws.start(args, "first")
 
     def finished_and_running() -> bool:
-        """A trial has ended and another one has a checkpointed epoch (Tune wrote its result)."""
+        """A trial has just ended (its run is closed) while another one is training."""
         if first.proc.poll() is not None:
             raise AssertionError(f"the sweep ended before it could be interrupted: {first.describe()}")
-        if not ws.storage.is_dir() or not any(ws.storage.iterdir()):
-            return False
-        runs = sweep_runs(ws.tracking_uri)
-        done = {r.data.tags["hairseg.trial_id"] for r in runs.trials if r.info.status == "FINISHED"}
-        results = tune_results(ws.sweep_dir())
-        return bool(done) and any(t not in done for t in results)
+        status = [r.info.status for r in sweep_runs(ws.tracking_uri).trials]
+        return "FINISHED" in status and "RUNNING" in status
 
     wait_until(finished_and_running, 240, "one finished trial and one running trial", interval=0.2)
     tree = process_tree(first.proc.pid)
     assert any("raylet" in " ".join(p.cmdline()) for p in tree), "the driver should own a local Ray"
     survivors = first.kill()
-    assert not survivors, f"processes survived SIGKILL: {survivors}"
-    assert not [p for p in tree if p.is_running() and p.status() != "zombie"], "Ray processes leaked"
+    assert not survivors, f"Ray processes survived the driver's SIGKILL: {survivors}"
 
     before = sweep_runs(ws.tracking_uri)
     finished_before = {
@@ -69,9 +80,8 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
         if r.info.status == "FINISHED"
     }
     results_before = tune_results(ws.sweep_dir())
-    assert finished_before
-    interrupted = [t for t in results_before if t not in finished_before]
-    assert interrupted, "the kill should have caught a trial mid-run"
+    interrupted = [r.data.tags["hairseg.trial_id"] for r in before.trials if r.info.status == "RUNNING"]
+    assert finished_before and interrupted
 
     second = ws.run(["--resume", *args], timeout=300, log_name="resume")
     assert second.proc.returncode == 0, second.describe()
@@ -85,14 +95,13 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
     for trial_id, (history, epochs_run) in finished_before.items():
         run = by_trial[trial_id]
         assert after.history(run.info.run_id) == history, f"finished trial {trial_id} was trained again"
-        assert run.data.tags["hairseg.epochs_run"] == epochs_run
-        assert len(results[trial_id]) == len(results_before[trial_id]), f"Tune re-ran finished {trial_id}"
+        assert run.data.tags["hairseg.epochs_run"] == epochs_run, f"finished trial {trial_id} ran on"
     for trial_id in interrupted:
-        tags = by_trial[trial_id].data.tags
-        checkpointed = len(results_before[trial_id])
-        assert int(tags["hairseg.restored_from_epoch"]) >= min(checkpointed, 1), (
-            f"trial {trial_id} had {checkpointed} checkpointed epochs but restarted from "
-            f"epoch {tags['hairseg.restored_from_epoch']}"
+        # It continues from the newest checkpoint Tune's saved state knows, which may be older
+        # than the newest one written (the state is saved every few seconds), never newer.
+        restored = int(by_trial[trial_id].data.tags["hairseg.restored_from_epoch"])
+        assert 0 <= restored <= len(results_before.get(trial_id, [])), (
+            f"trial {trial_id} from epoch {restored}"
         )
 
 

@@ -2,7 +2,8 @@
 
 Real processes only: the sweep runs as a subprocess in a temporary directory, starts its own
 local Ray, and writes ./mlruns.db and ./ray_results there; the test then reads both back.
-The two failure tests prove that bad input is refused in seconds, before Ray starts.
+The failure tests prove that bad input (search space, tracking URI, Ray address) is refused
+with exit status 2 and a message naming it, before Ray starts and before any trial.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.artifacts
@@ -30,7 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Workspace:
+def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
     workspace = make_workspace(tmp_path, tmp_path_factory)
     yield workspace
     workspace.cleanup()
@@ -52,10 +54,8 @@ def _download(ws: Workspace, run_id: str, path: str) -> Path:
 
 def test_sweep_end_to_end(ws: Workspace) -> None:
     space = ws.space({"fixed": {"epochs": EPOCHS}})
-    sweep = ws.run(
-        ["--space", str(space), "--num-samples", str(NUM_SAMPLES), "--no-finalize", "--num-cpus", "2", "--quiet"],
-        timeout=400,
-    )
+    args = ["--space", str(space), "--num-samples", str(NUM_SAMPLES), "--no-finalize", "--quiet"]
+    sweep = ws.run([*args, "--num-cpus", "2"], timeout=300)
     assert sweep.proc.returncode == 0, sweep.describe()
 
     runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
@@ -113,4 +113,13 @@ def test_unreachable_tracking_server_exits_2_before_any_trial(ws: Workspace) -> 
     assert sweep.proc.returncode == 2, sweep.describe()
     assert f"cannot reach the MLflow tracking server at {uri}" in sweep.stderr, sweep.stderr
     assert "Ray instance" not in sweep.stderr
+    assert not ws.storage.exists()
+
+
+def test_unreachable_ray_cluster_exits_2_instead_of_hanging(ws: Workspace) -> None:
+    address = f"127.0.0.1:{free_port()}"  # ray.init would retry this GCS address forever
+    space = ws.space()
+    sweep = ws.run(["--space", str(space), "--no-finalize", "--address", address], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert f"cannot reach the Ray cluster at {address}" in sweep.stderr, sweep.stderr
     assert not ws.storage.exists()

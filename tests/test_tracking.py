@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ from hairseg_core.tracking import (
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> MlflowServer:
+def server(tmp_path_factory) -> Iterator[MlflowServer]:
     with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as srv:
         yield srv
 
@@ -55,7 +56,16 @@ def test_sweep_tracks_through_server(server: MlflowServer, tmp_path, tmp_path_fa
     try:
         space = ws.space({"num_samples": 2, "fixed": {"epochs": 2}})
         sweep = ws.run(
-            ["--space", str(space), "--tracking-uri", server.uri, "--no-finalize", "--num-cpus", "2", "--quiet"],
+            [
+                "--space",
+                str(space),
+                "--tracking-uri",
+                server.uri,
+                "--no-finalize",
+                "--num-cpus",
+                "2",
+                "--quiet",
+            ],
             timeout=300,
         )
     finally:
@@ -101,7 +111,12 @@ def test_start_trial_reuses_the_trials_run(tracker: Tracker) -> None:
 
 
 def test_start_sweep_reopens_the_parent_run(tracker: Tracker) -> None:
-    space = {"name": "t", "num_samples": 3, "scheduler": {"grace_period": 1}, "params": {"lr": {"type": "float"}}}
+    space = {
+        "name": "t",
+        "num_samples": 3,
+        "scheduler": {"grace_period": 1},
+        "params": {"lr": {"type": "float"}},
+    }
     parent = tracker.start_sweep("sweep-r", space)
     tracker.end_run(parent, "KILLED")
     assert tracker.start_sweep("sweep-r", space) == parent
@@ -191,7 +206,10 @@ def test_with_retries_does_not_hide_programming_errors() -> None:
 def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(workdir=tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
-    assert resolve_tracking_uri("sqlite:///rel/x.db", workdir=tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
+    assert (
+        resolve_tracking_uri("sqlite:///rel/x.db", workdir=tmp_path)
+        == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
+    )
     assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(workdir=tmp_path) == "http://127.0.0.1:5000"

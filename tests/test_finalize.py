@@ -1,0 +1,117 @@
+"""The final stage against a real sqlite MLflow store: Table 5, exports, registry promotion rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hairseg_core.config import FinalizeSettings, TrainConfig
+from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
+from hairseg_core.finalize import POSTPROCESS_VARIANTS, decide_promotion, finalize, load_test_split
+from hairseg_core.tracking import Tracker, resolve_model_uri
+from hairseg_core.train import Trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _config(tmp_path: Path, **overrides) -> TrainConfig:
+    settings = {
+        "dataset": "synthetic",
+        "data_root": str(tmp_path / "cache"),
+        "dataset_options": {"size": 97, "n_train": 16, "n_val": 8, "n_test": 4},
+        "aspp_channels": 16,
+        "decoder_channels": 16,
+        "crop_size": 65,
+        "base_size": 65,
+        "batch_size": 4,
+        "epochs": 1,
+        "max_steps_per_epoch": 1,
+        "num_workers": 0,
+    }
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _checkpoint(tmp_path: Path, name: str, hair_bias: float, cfg: TrainConfig | None = None) -> Path:
+    """A real checkpoint whose classifier bias makes it predict all background (<0) or all hair (>0)."""
+    trainer = Trainer(cfg or _config(tmp_path))
+    with torch.no_grad():
+        trainer.model.classifier.weight.zero_()
+        trainer.model.classifier.bias.copy_(torch.tensor([0.0, hair_bias]))
+    return trainer.save_checkpoint(tmp_path / name / "checkpoint.pt")
+
+
+@pytest.fixture()
+def tracker(tmp_path: Path) -> Tracker:
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    return Tracker(uri, "finalize-test", artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def _settings(tmp_path: Path, **overrides) -> FinalizeSettings:
+    return FinalizeSettings(export_dir=str(tmp_path / "exports"), export_size=65, **overrides)
+
+
+def test_decide_promotion_rules() -> None:
+    assert decide_promotion(0.5, None, 0.0)[0]
+    assert decide_promotion(0.61, 0.60, 0.005)[0]
+    promote, reason = decide_promotion(0.602, 0.60, 0.005)
+    assert not promote and "champion kept" in reason
+    assert not decide_promotion(0.60, 0.60, 0.0)[0]  # a tie keeps the champion
+
+
+def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tracker: Tracker) -> None:
+    """Real checkpoints whose quality is known by construction: all-hair (mIoU ~0.1) < all-background (~0.4)."""
+    cfg = _config(tmp_path)
+    settings = _settings(tmp_path)
+    all_hair = _checkpoint(tmp_path, "hair", hair_bias=5.0)
+    all_background = _checkpoint(tmp_path, "bg", hair_bias=-5.0)
+
+    # 1. the first model becomes champion
+    first = finalize(all_hair, cfg.model_dump(), settings, tracker, parent_run_id=None, sweep="s1", progress=False)
+    assert first.decision["promote"] and first.model_version == "1"
+    assert str(tracker.champion("hairseg").version) == "1"
+    # Table 5: four variants with every metric and a time per image; exports on disk
+    assert [row["method"] for row in first.table] == list(POSTPROCESS_VARIANTS)
+    for row in first.table:
+        assert set(row) >= {"acc", "acc_class", "miou", "fwiou", "boundary_f", "ms_per_image"}
+        assert row["ms_per_image"] > 0
+    assert {"model.onnx", "model.ts", "model.json"} <= {p.name for p in (tmp_path / "exports" / "s1").iterdir()}
+    assert first.export["parity_image"] == "sample_image"  # parity measured on a real test image
+
+    # 2. a better model takes the alias; the old champion was re-evaluated on the same images
+    second = finalize(all_background, cfg.model_dump(), settings, tracker, None, sweep="s2", progress=False)
+    assert second.decision["promote"], second.decision
+    assert second.decision["champion_score"] == pytest.approx(first.table[0]["miou"])
+    assert second.table[0]["miou"] > first.table[0]["miou"] + 0.2
+    assert str(tracker.champion("hairseg").version) == second.model_version == "2"
+
+    # 3. a worse model is registered but does not move the alias
+    third = finalize(all_hair, cfg.model_dump(), settings, tracker, None, sweep="s3", progress=False)
+    assert third.model_version == "3" and not third.decision["promote"]
+    assert "champion kept" in third.decision["reason"]
+    assert str(tracker.champion("hairseg").version) == "2"
+
+    # 4. dry run: decision shown, registry untouched
+    fourth = finalize(all_background, cfg.model_dump(), settings.model_copy(update={"promote_margin": -0.5}),
+                      tracker, None, sweep="s4", dry_run=True, progress=False)
+    assert fourth.model_version is None and fourth.decision["dry_run"] and fourth.decision["promote"]
+    assert len(tracker.client.search_model_versions("name='hairseg'")) == 3
+    assert str(tracker.champion("hairseg").version) == "2"
+
+    # models:/hairseg@champion loads back as the DeepLab module and reproduces the metrics
+    model = tracker.load_model("models:/hairseg@champion")
+    assert type(model).__name__ == "DeepLabV3Plus"
+    test = load_test_split(cfg.model_dump(), "test", None)
+    dataset = [{"image": i, "mask": m} for i, m in zip(test.images, test.masks, strict=True)]
+    again = evaluate_predictor(ModelPredictor(model), dataset)
+    assert again["miou"] == pytest.approx(second.table[0]["miou"], abs=1e-9)
+    version = tracker.client.get_model_version("hairseg", "2")
+    assert float(version.tags["test_miou"]) == pytest.approx(second.table[0]["miou"], abs=1e-6)
+    assert version.tags["hairseg.sweep"] == "s2"
+
+    # the exports behind the champion can be fetched by URI (what the webcam app does)
+    local = resolve_model_uri("models:/hairseg@champion", tracking_uri=tracker.tracking_uri)
+    meta = json.loads((local / "model.json").read_text())
+    assert meta and (local / "model.onnx").is_file()
