@@ -32,7 +32,9 @@ from hairseg_core.config import TrainConfig, train_config_from_dict
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
 from hairseg_core.data.mixup import mixup_batch
-from hairseg_core.data.transforms import build_eval_transform, build_train_transform
+from hairseg_core.data.transforms import IMAGENET_MEAN as _MEAN
+from hairseg_core.data.transforms import IMAGENET_STD as _STD
+from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
 from hairseg_core.losses import build_loss, mixed_loss
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.models import build_model, param_groups
@@ -405,14 +407,8 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     return model.eval()
 
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """ImageNet-normalised [3,H,W] tensor → uint8 HxWx3 RGB, for overlays."""
-    arr = image.detach().cpu().float().numpy().transpose(1, 2, 0)
-    return np.clip((arr * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+IMAGENET_MEAN = np.asarray(_MEAN, dtype=np.float32)
+IMAGENET_STD = np.asarray(_STD, dtype=np.float32)
 
 
 def train(config: TrainConfig, checkpoint_dir: str | Path | None = None, progress: bool = True) -> Trainer:
