@@ -115,9 +115,7 @@ def main() -> None:
     methods: dict[str, Callable[[Sample], object]] = {
         "dense CRF, 5 iterations": lambda s: crf5(s[0], s[1]),
         "dense CRF, 10 iterations": lambda s: crf10(s[0], s[1]),
-        f"trimap (width {args.trimap_width})": lambda s: make_trimap(
-            s[1][1] > s[1][0], width=args.trimap_width
-        ),
+        f"trimap (width {args.trimap_width})": lambda s: make_trimap(s[1][1] > s[1][0], width=args.trimap_width),
         "Mishima matting": lambda s: mishima_matting(s[0], s[2]),
         "closed-form matting": lambda s: closed_form_matting(s[0], s[2]),
     }
@@ -138,9 +136,7 @@ def main() -> None:
     print("-" * len(header))
     for name, values in times.items():
         median, p90 = statistics.median(values), float(np.percentile(values, 90))
-        print(
-            f"{name:<26}{median:>11.2f}{p90:>10.2f}{median / base_crf:>10.3f}{median / base_mishima:>11.1f}"
-        )
+        print(f"{name:<26}{median:>11.2f}{p90:>10.2f}{median / base_crf:>10.3f}{median / base_mishima:>11.1f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ realistic hair area instead of the whole frame (random weights give p ≈ 0.5 ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -136,8 +137,11 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
         pass
 
     pre = onnx_path.with_name("model.pre.onnx")
-    # symbolic shape inference cannot follow the dynamic resize chain; ONNX shape inference suffices here
-    quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+    # symbolic shape inference cannot follow the dynamic resize chain; ONNX shape inference suffices here.
+    # quant_pre_process writes scratch files (sym_shape_infer_temp.onnx + external data) into the current
+    # directory: run it inside the output folder so they never land in the caller's checkout.
+    with contextlib.chdir(onnx_path.parent):
+        quant_pre_process(str(onnx_path.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
     dynamic = onnx_path.with_name("model.int8-dynamic.onnx")
     quantize_dynamic(str(pre), str(dynamic), weight_type=QuantType.QUInt8)
     static = onnx_path.with_name("model.int8-static.onnx")

@@ -121,9 +121,7 @@ def _parse_documents(path: Path, text: str) -> list[Any]:
     except yaml.YAMLError as exc:
         raise ClusterConfigError(path, [f"not valid YAML: {exc}"]) from exc
     if not documents or not all(isinstance(doc, Mapping) for doc in documents):
-        raise ClusterConfigError(
-            path, ["expected a YAML mapping (a Ray cluster config or a RayJob manifest)"]
-        )
+        raise ClusterConfigError(path, ["expected a YAML mapping (a Ray cluster config or a RayJob manifest)"])
     if len(documents) > 1 and not _is_kubernetes(documents):
         raise ClusterConfigError(path, ["a `ray up` config must be a single YAML document"])
     return documents
@@ -403,18 +401,14 @@ def _all_commands(config: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]
         for name, node in node_types.items():
             if isinstance(node, Mapping):
                 for key in ("initialization_commands", "worker_setup_commands"):
-                    found += [
-                        (("available_node_types", name, *path), cmd) for path, cmd in _commands(node, key)
-                    ]
+                    found += [(("available_node_types", name, *path), cmd) for path, cmd in _commands(node, key)]
     return found
 
 
 def _dashboard_problems(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     """The dashboard serves the job-submission API, i.e. remote code execution: it must listen on an
     explicit address, and 0.0.0.0 only with an explicit override."""
-    head_starts = [
-        (path, cmd) for path, cmd in _commands(raw, "head_start_ray_commands") if _starts_head(cmd)
-    ]
+    head_starts = [(path, cmd) for path, cmd in _commands(raw, "head_start_ray_commands") if _starts_head(cmd)]
     if not head_starts:
         return ["head_start_ray_commands: no `ray start --head` command found"]
     allow_public = settings.get("allow_public_dashboard") is True
@@ -504,16 +498,12 @@ def _consistency_problems(raw: Mapping[str, Any]) -> list[str]:
         for path, command in _all_commands(raw):
             for other in sorted(set(re.findall(r"projects/([^/\s'\"]+)/secrets/", command)) - {project}):
                 problems.append(
-                    f"{_key_path(path)}: reads a secret of project {other}, "
-                    f"but provider.project_id is {project}"
+                    f"{_key_path(path)}: reads a secret of project {other}, but provider.project_id is {project}"
                 )
         for keys, value in _walk_strings(raw.get("available_node_types") or {}, ("available_node_types",)):
-            for other in sorted(
-                set(re.findall(r"@([^@\s.]+)\.iam\.gserviceaccount\.com", value)) - {project}
-            ):
+            for other in sorted(set(re.findall(r"@([^@\s.]+)\.iam\.gserviceaccount\.com", value)) - {project}):
                 problems.append(
-                    f"{_key_path(keys)}: service account of project {other}, "
-                    f"but provider.project_id is {project}"
+                    f"{_key_path(keys)}: service account of project {other}, but provider.project_id is {project}"
                 )
     return problems
 
@@ -540,9 +530,7 @@ def _check_rayjob(documents: list[Mapping[str, Any]]) -> tuple[dict[str, Any], l
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         problems.append("spec.entrypoint: missing; expected the sweep command, e.g. python .../sweep.py ...")
     if spec.get("shutdownAfterJobFinishes") is not True:
-        problems.append(
-            "spec.shutdownAfterJobFinishes: must be true, or the GPU cluster keeps running after the sweep"
-        )
+        problems.append("spec.shutdownAfterJobFinishes: must be true, or the GPU cluster keeps running after the sweep")
     cluster = spec.get("rayClusterSpec")
     if not isinstance(cluster, Mapping):
         return dict(job), [
@@ -556,9 +544,7 @@ def _check_rayjob(documents: list[Mapping[str, Any]]) -> tuple[dict[str, Any], l
     groups = cluster.get("workerGroupSpecs")
     worker_containers: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = []
     if not isinstance(groups, list) or not groups:
-        problems.append(
-            "spec.rayClusterSpec.workerGroupSpecs: missing; expected at least one GPU worker group"
-        )
+        problems.append("spec.rayClusterSpec.workerGroupSpecs: missing; expected at least one GPU worker group")
         groups = []
     gpu_groups = 0
     for index, group in enumerate(groups):
@@ -583,10 +569,7 @@ def _ray_version_problems(ray_version: Any) -> list[str]:
     installed = _installed_ray_version()
     found = _major_minor(str(ray_version)) if ray_version is not None else None
     if found is None:
-        return [
-            f"spec.rayClusterSpec.rayVersion: missing or not a version ({ray_version!r}); "
-            f"expected {installed}"
-        ]
+        return [f"spec.rayClusterSpec.rayVersion: missing or not a version ({ray_version!r}); expected {installed}"]
     if found != _major_minor(installed):
         return [f"spec.rayClusterSpec.rayVersion: {ray_version} does not match the installed Ray {installed}"]
     return []
@@ -600,14 +583,8 @@ def _pod_containers(
         template = group.get("template")
         pod_spec = template.get("spec") if isinstance(template, Mapping) else None
         containers = pod_spec.get("containers") if isinstance(pod_spec, Mapping) else None
-    if (
-        not isinstance(containers, list)
-        or not containers
-        or not all(isinstance(c, Mapping) for c in containers)
-    ):
-        problems.append(
-            f"{_key_path((*where, 'template', 'spec', 'containers'))}: missing; expected the Ray container"
-        )
+    if not isinstance(containers, list) or not containers or not all(isinstance(c, Mapping) for c in containers):
+        problems.append(f"{_key_path((*where, 'template', 'spec', 'containers'))}: missing; expected the Ray container")
         return []
     return [((*where, "template", "spec", "containers", i), c) for i, c in enumerate(containers)]
 
@@ -642,9 +619,7 @@ def _replica_problems(group: Any, where: tuple[Any, ...]) -> list[str]:
     elif isinstance(low, int) and low > high:
         problems.append(f"{_key_path((*where, 'minReplicas'))}: {low} is more than maxReplicas {high}")
     elif isinstance(low, int) and isinstance(replicas, int) and not low <= replicas <= high:
-        problems.append(
-            f"{_key_path((*where, 'replicas'))}: {replicas} is outside [minReplicas, maxReplicas]"
-        )
+        problems.append(f"{_key_path((*where, 'replicas'))}: {replicas} is outside [minReplicas, maxReplicas]")
     return problems
 
 
@@ -667,10 +642,7 @@ def _container_problems(path: tuple[Any, ...], container: Mapping[str, Any], tok
         )
     for index, item in enumerate(env):
         name = str(item.get("name", "")) if isinstance(item, Mapping) else ""
-        if (
-            re.search(r"(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|ACCESS_KEY)", name.upper())
-            and "value" in item
-        ):
+        if re.search(r"(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|ACCESS_KEY)", name.upper()) and "value" in item:
             problems.append(
                 f"{_key_path((*path, 'env', index))}: {name} has a literal value; use valueFrom.secretKeyRef"
             )

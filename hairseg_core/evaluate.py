@@ -54,14 +54,26 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """Checkpoint (``.pt`` / a directory with checkpoint.pt) or an export (.onnx, .ts, model.json dir)."""
     path = Path(path)
     if not path.exists() and not str(path).startswith("models:/"):
-        raise FileNotFoundError(
-            f"{path}: model not found (expected a checkpoint .pt, .onnx, .ts or export dir)"
-        )
-    if path.suffix in {".pt", ".pth", ".ckpt"} or (path.is_dir() and (path / "checkpoint.pt").is_file()):
+        raise FileNotFoundError(f"{path}: model not found (expected a checkpoint .pt, .onnx, .ts or export dir)")
+    is_training_checkpoint = path.is_dir() and (path / "checkpoint.pt").is_file()
+    if path.suffix in {".pt", ".pth", ".ckpt"} and not _is_export_checkpoint(path):
+        is_training_checkpoint = True
+    if is_training_checkpoint:
         return ModelPredictor.from_checkpoint(path, device)
     from hairseg_core.inference import load_predictor as load_exported
 
     return load_exported(str(path))
+
+
+def _is_export_checkpoint(path: Path) -> bool:
+    """``model.pt`` written by ``export_all`` (weights + model config, read with its metadata)."""
+    from hairseg_core.export import CHECKPOINT_FORMAT
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not ours to judge here: the training-checkpoint loader reports it clearly
+        return False
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
 
 
 def evaluate_predictor(

@@ -148,15 +148,22 @@ def finalize(
     (export_dir / "postprocessing.json").write_text(json.dumps(table, indent=2))
     print(f"\nexported webcam model to {export_dir}/ (model.onnx, model.ts, model.json)")
 
-    run_id = tracker.start_finalize(sweep, parent_run_id, params={"checkpoint": str(checkpoint_path),
-                                                                  **settings.model_dump()})
+    run_id = tracker.start_finalize(
+        sweep, parent_run_id, params={"checkpoint": str(checkpoint_path), **settings.model_dump()}
+    )
     tracker.log_table(run_id, table, "table5/postprocessing.json")
-    tracker.log_metrics(run_id, {f"test_{r['method'].replace('+', '_')}_{k}": r[k] for r in table
-                                 for k in (*TABLE_METRICS, "ms_per_image")}, step=0)
+    tracker.log_metrics(
+        run_id,
+        {f"test_{r['method'].replace('+', '_')}_{k}": r[k] for r in table for k in (*TABLE_METRICS, "ms_per_image")},
+        step=0,
+    )
     from hairseg_core.visualize import metrics_bar_figure
 
-    tracker.log_figure(run_id, metrics_bar_figure(table, ["miou", "fwiou", "boundary_f"], "method",
-                                                  "test split: post-processing"), "table5/postprocessing.png")
+    tracker.log_figure(
+        run_id,
+        metrics_bar_figure(table, ["miou", "fwiou", "boundary_f"], "method", "test split: post-processing"),
+        "table5/postprocessing.png",
+    )
     for i, panel in enumerate(panels):
         tracker.log_image(run_id, panel, f"table5/examples_{i}.png")
     tracker.log_artifacts(run_id, export_dir, "export")
@@ -169,35 +176,54 @@ def finalize(
         champ_model = tracker.load_model(f"models:/{settings.registered_model}@champion")
         champ_scores = evaluate_predictor(ModelPredictor(champ_model), _as_dataset(test))
         champion_score = champ_scores[settings.promote_metric]
-        notes.append(f"champion v{champion.version} re-evaluated on the same {len(test)} images: "
-                     f"{settings.promote_metric} {champion_score:.4f}")
+        notes.append(
+            f"champion v{champion.version} re-evaluated on the same {len(test)} images: "
+            f"{settings.promote_metric} {champion_score:.4f}"
+        )
     new_score = baseline[settings.promote_metric]
     promote, reason = decide_promotion(new_score, champion_score, settings.promote_margin, settings.promote_metric)
-    decision = {"promote": promote, "reason": reason, "new_score": new_score, "champion_score": champion_score,
-                "champion_version": str(champion.version) if champion else None, "dry_run": dry_run}
+    decision = {
+        "promote": promote,
+        "reason": reason,
+        "new_score": new_score,
+        "champion_score": champion_score,
+        "champion_version": str(champion.version) if champion else None,
+        "dry_run": dry_run,
+    }
     version = None
     if dry_run:
         print(f"\n[dry run] would {'promote' if promote else 'not promote'}: {reason}")
     else:
         version = tracker.register_model(
-            run_id, model, settings.registered_model,
-            tags={"hairseg.sweep": sweep, "hairseg.parent_run_id": parent_run_id or "",
-                  "hairseg.test_split": settings.test_split, "hairseg.test_images": len(test),
-                  "hairseg.export_dir": str(export_dir.resolve()), "hairseg.export_run_id": run_id,
-                  **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS}},
+            run_id,
+            model,
+            settings.registered_model,
+            tags={
+                "hairseg.sweep": sweep,
+                "hairseg.parent_run_id": parent_run_id or "",
+                "hairseg.test_split": settings.test_split,
+                "hairseg.test_images": len(test),
+                "hairseg.export_dir": str(export_dir.resolve()),
+                "hairseg.export_run_id": run_id,
+                **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS},
+            },
         )
         if promote:
             tracker.set_champion(settings.registered_model, version)
-        tracker.set_tags(run_id, {"hairseg.model_version": version, "hairseg.promoted": promote,
-                                  "hairseg.promotion_reason": reason})
-        print(f"\nregistered {settings.registered_model} v{version}: "
-              f"{'promoted to @champion' if promote else 'not promoted'} ({reason})")
+        tracker.set_tags(
+            run_id, {"hairseg.model_version": version, "hairseg.promoted": promote, "hairseg.promotion_reason": reason}
+        )
+        print(
+            f"\nregistered {settings.registered_model} v{version}: "
+            f"{'promoted to @champion' if promote else 'not promoted'} ({reason})"
+        )
     for note in notes:
         print(note)
     tracker.log_dict(run_id, {"decision": decision, "export": _jsonable(export)}, "finalize.json")
     tracker.end_run(run_id, "FINISHED")
-    return FinalizeResult(table=table, export=export, decision=decision, model_version=version,
-                          finalize_run_id=run_id, notes=notes)
+    return FinalizeResult(
+        table=table, export=export, decision=decision, model_version=version, finalize_run_id=run_id, notes=notes
+    )
 
 
 def _as_dataset(split: MaterializedSplit) -> list[dict[str, Any]]:

@@ -80,13 +80,12 @@ def default_artifact_location(tracking_uri: str, workdir: str | Path | None = No
 def check_tracking(tracking_uri: str, timeout: float = 5.0) -> None:
     """Fail fast and clearly when the tracking store is not usable."""
     if tracking_uri.startswith(("http://", "https://")):
+        limit_mlflow_http_retries()
         url = tracking_uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-given server
                 if resp.status != 200:
-                    raise TrackingUnavailable(
-                        f"MLflow server {tracking_uri} answered {resp.status} on /health"
-                    )
+                    raise TrackingUnavailable(f"MLflow server {tracking_uri} answered {resp.status} on /health")
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingUnavailable(
@@ -97,27 +96,74 @@ def check_tracking(tracking_uri: str, timeout: float = 5.0) -> None:
     elif tracking_uri.startswith("sqlite:"):
         path = Path(tracking_uri[len("sqlite:///") :])
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-            raise TrackingUnavailable(
-                f"MLflow sqlite store {path}: folder {path.parent} is missing or not writable"
-            )
+            raise TrackingUnavailable(f"MLflow sqlite store {path}: folder {path.parent} is missing or not writable")
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except MlflowException as exc:
         raise TrackingUnavailable(f"MLflow store {tracking_uri} is not usable: {exc}") from None
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, delay: float = 1.0) -> T:
-    """Retry a tracking call across short server outages (restart, network blip)."""
-    for attempt in range(1, attempts + 1):
+#: Seconds one tracking call keeps retrying through an outage before it gives up (env override).
+RETRY_BUDGET_ENV = "HAIRSEG_TRACKING_RETRY_S"
+DEFAULT_RETRY_BUDGET_S = 120.0
+
+
+def retry_budget() -> float:
+    """The outage a tracking call rides out: long enough for an ``mlflow server`` restart."""
+    raw = os.environ.get(RETRY_BUDGET_ENV)
+    if raw is None:
+        return DEFAULT_RETRY_BUDGET_S
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{RETRY_BUDGET_ENV}={raw!r}: expected a number of seconds") from None
+
+
+def limit_mlflow_http_retries() -> None:
+    """Make MLflow's own HTTP layer give up quickly, so ``with_retries`` alone sets the policy.
+
+    By default MLflow retries each request 7 times with exponential backoff and a 120 s
+    timeout: minutes per call against a dead server, multiplied by our retries and by every
+    call a trial makes. Values the user set in the environment are left alone.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int | None = None,
+    delay: float = 1.0,
+    budget_s: float | None = None,
+    max_delay: float = 15.0,
+) -> T:
+    """Retry a tracking call across short server outages (restart, network blip).
+
+    Retries with exponential backoff (capped at ``max_delay``) until ``attempts`` calls or
+    ``budget_s`` seconds (default: ``$HAIRSEG_TRACKING_RETRY_S`` or 120 s) are spent, then
+    raises ``TrackingUnavailable``: a server that stays down fails the trial clearly instead
+    of hanging it. Errors no retry can fix (bad request, permission) are raised at once.
+    """
+    budget = retry_budget() if budget_s is None else budget_s
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except (MlflowException, OSError) as exc:
             if isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS:
                 raise  # a bad request stays bad: retrying only hides the message
-            if attempt == attempts:
-                raise TrackingUnavailable(f"MLflow call '{what}' failed {attempts} times: {exc}") from exc
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+            wait = min(max_delay, delay * 2 ** (attempt - 1))
+            elapsed = time.monotonic() - start
+            if (attempts is not None and attempt >= attempts) or elapsed + wait > budget:
+                raise TrackingUnavailable(
+                    f"MLflow call '{what}' failed {attempt} times over {elapsed:.0f} s (retry budget "
+                    f"{budget:.0f} s, {RETRY_BUDGET_ENV}): {exc}"
+                ) from exc
+            time.sleep(wait)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -172,6 +218,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        if tracking_uri.startswith(("http://", "https://")):
+            limit_mlflow_http_retries()
         self.client = MlflowClient(tracking_uri)
         self._artifact_location = artifact_location
         self._experiment_id: str | None = None
@@ -197,9 +245,7 @@ class Tracker:
     # ----------------------------------------------------------------- lookup
     def _find(self, filter_string: str) -> list[Any]:
         return with_retries(
-            lambda: self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=1000
-            ),
+            lambda: self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000),
             "search runs",
         )
 
@@ -302,9 +348,7 @@ class Tracker:
         )
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
-        with_retries(
-            lambda: self.client.log_artifacts(run_id, str(local_dir), artifact_path), "log artifacts"
-        )
+        with_retries(lambda: self.client.log_artifacts(run_id, str(local_dir), artifact_path), "log artifacts")
 
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
         with_retries(lambda: self.client.log_dict(run_id, dict(data), artifact_file), "log dict")

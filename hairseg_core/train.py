@@ -137,9 +137,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
         if cfg.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, momentum=cfg.momentum, nesterov=True
-            )
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
         elif cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups)
         else:
@@ -155,6 +153,9 @@ class Trainer:
             self.data.train, build_train_transform(cfg.crop_size, cfg.base_size, rsc=cfg.rsc, blur=cfg.blur)
         )
         self.val_set = TransformedDataset(self.data.val, build_eval_transform(eval_size))
+        # Precise BN reads training images the way validation sees them (no augmentation, no RNG),
+        # in a fixed order: recalibration is deterministic and does not disturb resumability.
+        self.bn_set = TransformedDataset(self.data.train, build_eval_transform(eval_size))
         if len(self.train_set) < cfg.batch_size:
             raise ValueError(
                 f"batch_size {cfg.batch_size} exceeds the {len(self.train_set)} training images of {cfg.dataset!r}"
@@ -175,9 +176,8 @@ class Trainer:
             generator=self.loader_generator,
             **loader_kw,
         )
-        self.val_loader = DataLoader(
-            self.val_set, batch_size=max(1, cfg.batch_size), shuffle=False, **loader_kw
-        )
+        self.val_loader = DataLoader(self.val_set, batch_size=max(1, cfg.batch_size), shuffle=False, **loader_kw)
+        self.bn_loader = DataLoader(self.bn_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
         self.steps_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -238,6 +238,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
         bar.close()
+        if cfg.precise_bn_batches:
+            self.recalibrate_batchnorm(cfg.precise_bn_batches)
         val = self.evaluate()
         self.epoch += 1
         result = {
@@ -249,6 +251,41 @@ class Trainer:
         }
         self.history.append(result)
         return result
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches: int) -> int:
+        """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
+
+        During training the running mean/var are an exponential average over batches seen
+        with *older* weights; after a few hundred steps from scratch they lag far behind and
+        eval-mode predictions collapse. Resetting them and averaging exactly (momentum=None)
+        over ``batches`` forward passes in train mode fixes that without touching the weights.
+        Returns the number of batches used.
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in norms if m.track_running_stats]
+        if not norms or batches <= 0:
+            return 0
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        used = 0
+        self.model.train()
+        try:
+            for batch in self.bn_loader:
+                if used >= batches:
+                    break
+                images = batch["image"].to(self.device)
+                if self.cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    self.model(images)
+                used += 1
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+        return used
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -379,9 +416,7 @@ def _as_tuple(value: Any) -> Any:
 def _check_format(state: Any, source: str) -> None:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"{source}: not a hairseg checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
-        )
+        raise CheckpointError(f"{source}: not a hairseg checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

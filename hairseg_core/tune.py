@@ -13,7 +13,9 @@ connection, so the same code runs locally, on ``ray up`` clusters and under Kube
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from ray.tune import Callback, Checkpoint
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig
+from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig, search_space_from_dict
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
 from hairseg_core.train import CHECKPOINT_FILE, Trainer, TrialData, load_trial_data
 from hairseg_core.visualize import prediction_panel
@@ -214,9 +216,7 @@ def run_trial(
             return
         best = -math.inf
         for result in trainer.fit():
-            tracker.log_metrics(
-                run_id, {k: v for k, v in result.items() if k != "epoch"}, step=result["epoch"]
-            )
+            tracker.log_metrics(run_id, {k: v for k, v in result.items() if k != "epoch"}, step=result["epoch"])
             score = result["val_miou"]
             if score > best or trainer.epoch == cfg.epochs:
                 best = max(best, score)
@@ -324,8 +324,17 @@ def new_sweep_name(experiment: str) -> str:
     return f"{experiment}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def latest_sweep(storage_path: str, experiment: str) -> str | None:
-    """The newest restorable sweep of ``experiment`` under ``storage_path`` (local, s3://, gs://)."""
+#: Written into a sweep's Tune folder when it starts, so ``--resume`` needs only the run name:
+#: the search space (fixed settings included) and the MLflow experiment come back from it.
+SWEEP_MANIFEST = "hairseg_sweep.json"
+
+
+def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None:
+    """The newest restorable sweep under ``storage_path`` (local, s3://, gs://).
+
+    With ``experiment``, only that experiment's sweeps (``<experiment>-<timestamp>``) count;
+    without, any folder that holds a hairseg sweep manifest.
+    """
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
@@ -333,18 +342,50 @@ def latest_sweep(storage_path: str, experiment: str) -> str | None:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except OSError:
         return None
-    names = sorted(
-        (
-            i.base_name
-            for i in infos
-            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(experiment + "-")
-        ),
-        reverse=True,
-    )
-    for name in names:
-        if tune.Tuner.can_restore(_join(storage_path, name)):
-            return name
+    folders = [i for i in infos if i.type == pyarrow.fs.FileType.Directory]
+    if experiment is not None:
+        folders = [i for i in folders if i.base_name.startswith(experiment + "-")]
+    else:
+        manifests = fs.get_file_info([f"{i.path}/{SWEEP_MANIFEST}" for i in folders])
+        folders = [i for i, m in zip(folders, manifests, strict=True) if m.type == pyarrow.fs.FileType.File]
+    # newest first: by modification time where the filesystem has it, then by the timestamped name
+    folders.sort(key=lambda i: (i.mtime_ns or 0, i.base_name), reverse=True)
+    for info in folders:
+        if tune.Tuner.can_restore(_join(storage_path, info.base_name)):
+            return info.base_name
     return None
+
+
+def save_sweep_manifest(
+    storage_path: str, name: str, experiment: str, space: SearchSpace, space_file: str | None
+) -> None:
+    """Record what a sweep runs beside Tune's state (same storage: survives a lost head node)."""
+    import pyarrow.fs
+
+    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+    fs.create_dir(folder, recursive=True)
+    payload = {
+        "experiment": experiment,
+        "space_file": space_file,
+        "space": space.model_dump(mode="json"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    with fs.open_output_stream(f"{folder}/{SWEEP_MANIFEST}") as stream:
+        stream.write(json.dumps(payload, indent=2).encode())
+
+
+def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
+    """The manifest ``save_sweep_manifest`` wrote, or None (sweeps started before manifests existed)."""
+    import pyarrow.fs
+
+    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+    path = f"{folder}/{SWEEP_MANIFEST}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        payload = json.loads(stream.read().decode())
+    payload["space"] = search_space_from_dict(payload["space"], source=f"{_join(storage_path, name)}/{SWEEP_MANIFEST}")
+    return payload
 
 
 def _join(storage_path: str, name: str) -> str:
@@ -458,11 +499,24 @@ def optuna_study_from_results(results: tune.ResultGrid, space: SearchSpace) -> o
     return study
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_summary(error: BaseException) -> str:
+    """The line of a trial's error that says what went wrong (Ray's first line only names the actor)."""
+    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    return (lines[-1] if lines else type(error).__name__)[:200]
+
+
 def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str, Any]]:
     """One row per trial, best first: its sampled settings, epochs run, and final/best metrics."""
     rows = []
     for result in results:
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id")}
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id is None and result.path:  # an errored trial reported nothing: its folder names it
+            trial_id = Path(result.path).name.removeprefix("trial_")
+        row: dict[str, Any] = {"trial_id": trial_id}
         row.update(sampled_settings(result.config or {}))
         frame = result.metrics_dataframe
         if frame is not None and space.metric in frame:
@@ -472,7 +526,7 @@ def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str,
         for key in ("val_miou", "val_fwiou", "val_acc", "val_acc_class", "val_boundary_f", "val_loss"):
             if result.metrics and key in result.metrics:
                 row[f"last_{key}"] = result.metrics[key]
-        row["error"] = str(result.error).splitlines()[0][:200] if result.error else ""
+        row["error"] = error_summary(result.error) if result.error else ""
         rows.append(row)
     key = f"best_{space.metric}"
     sign = -1 if space.mode == "max" else 1
@@ -482,3 +536,12 @@ def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str,
 
 def default_storage_path() -> str:
     return str((Path.cwd() / "ray_results").resolve())
+
+
+def normalize_storage_path(storage: str | None) -> str:
+    """``--storage`` as Tune and pyarrow need it: URIs unchanged, local paths absolute."""
+    if not storage:
+        return default_storage_path()
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())

@@ -37,8 +37,9 @@ def local_checkpoint(path: str, workdir: Path) -> Path:
     return local / "checkpoint.pt" if local.is_dir() else local
 
 
-def finalize_sweep(best: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str | None, sweep: str,
-                   dry_run: bool = False) -> int:
+def finalize_sweep(
+    best: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str | None, sweep: str, dry_run: bool = False
+) -> int:
     """The sweep's last step: ``best`` is ``hairseg_core.tune.BestTrial``."""
     from hairseg_core.finalize import finalize
 

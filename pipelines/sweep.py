@@ -3,7 +3,7 @@
     python pipelines/sweep.py                                  # laptop: local Ray, ./mlruns.db, synthetic data
     python pipelines/sweep.py --space search_spaces/paper.yaml --address auto \\
         --storage s3://bucket/hairseg --tracking-uri http://HEAD_IP:5000  # on a `ray up` cluster
-    python pipelines/sweep.py --resume                         # continue the newest interrupted sweep
+    python pipelines/sweep.py --resume [--run-name NAME]       # continue a sweep after its driver died
 
 At the end the final stage (pipelines/finalize.py) evaluates CRF / matting on the best model,
 exports the webcam model and promotes it in the MLflow registry, unless --no-finalize.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a clone without installing: python pipelines/sweep.py
     sys.path.insert(0, str(REPO))
 
-from hairseg_core.config import ConfigError, load_search_space  # noqa: E402
+from hairseg_core.config import ConfigError, SearchSpace, load_search_space  # noqa: E402
 from hairseg_core.tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -34,28 +34,28 @@ from hairseg_core.tracking import (  # noqa: E402
 )
 
 log = logging.getLogger("hairseg.sweep")
+DEFAULT_SPACE = str(REPO / "search_spaces" / "default.yaml")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default=str(REPO / "search_spaces" / "default.yaml"), help="search space YAML")
+    p.add_argument(
+        "--space",
+        help="search space YAML (default: search_spaces/default.yaml; with --resume: the one the sweep started with)",
+    )
     p.add_argument("--num-samples", type=int, help="override the space's num_samples")
     p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
-    p.add_argument(
-        "--experiment", help="MLflow experiment and Tune run prefix (default: hairseg-<space name>)"
-    )
-    p.add_argument(
-        "--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray"
-    )
+    p.add_argument("--experiment", help="MLflow experiment and Tune run prefix (default: hairseg-<space name>)")
+    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray")
     p.add_argument("--storage", help="Tune storage: local path, s3://... or gs://... (default ./ray_results)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns.db)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the newest (or --run-name) interrupted sweep"
+        "--resume",
+        action="store_true",
+        help="continue --run-name, or the newest restorable sweep under --storage (of --experiment if given)",
     )
     p.add_argument("--run-name", help="Tune run name to create or resume (default: <experiment>-<timestamp>)")
-    p.add_argument(
-        "--no-finalize", action="store_true", help="skip CRF/matting evaluation, export, promotion"
-    )
+    p.add_argument("--no-finalize", action="store_true", help="skip CRF/matting evaluation, export, promotion")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     p.add_argument("--quiet", action="store_true", help="less Ray output")
     return p.parse_args(argv)
@@ -63,16 +63,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Our progress at INFO; libraries (onnx exporter passes, alembic) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("hairseg", "hairseg_core"):
+        logging.getLogger(name).setLevel(logging.INFO)
     # 1. Everything that can be checked without Ray is checked first.
+    from hairseg_core import tune as hs_tune  # imports Ray's modules; connects to nothing
+
+    storage = hs_tune.normalize_storage_path(args.storage)
+    overrides = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent}
     try:
-        space = load_search_space(
-            args.space, {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent}
-        )
+        if args.resume:
+            space, experiment, name = resume_target(args, storage, overrides)
+        else:
+            space_file = args.space or DEFAULT_SPACE
+            space = load_search_space(space_file, overrides)
+            experiment = args.experiment or f"hairseg-{space.name}"
+            name = args.run_name or hs_tune.new_sweep_name(experiment)
     except ConfigError as exc:
         print(f"invalid search space:\n{exc}", file=sys.stderr)
         return 2
-    experiment = args.experiment or f"hairseg-{space.name}"
+    except ResumeError as exc:
+        print(f"error: --resume: {exc}", file=sys.stderr)
+        return 2
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         check_tracking(tracking_uri)
@@ -91,17 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from hairseg_core import tune as hs_tune
-
-    storage = args.storage or hs_tune.default_storage_path()
-    if args.resume:
-        name = args.run_name or hs_tune.latest_sweep(storage, experiment)
-        if name is None:
-            print(f"error: --resume: no interrupted sweep of {experiment!r} under {storage}", file=sys.stderr)
-            return 2
-    else:
-        name = args.run_name or hs_tune.new_sweep_name(experiment)
-
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: cheap resume
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
@@ -112,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         tracker = Tracker(tracking_uri, experiment, default_artifact_location(tracking_uri))
-        parent = tracker.start_sweep(name, space.model_dump(), args.space)
-        print(f"sweep {name}: {space.num_samples} trials of {args.space}, MLflow parent run {parent}")
+        parent = tracker.start_sweep(name, space.model_dump(), args.space or DEFAULT_SPACE)
+        if not args.resume:
+            hs_tune.save_sweep_manifest(storage, name, experiment, space, args.space or DEFAULT_SPACE)
+        print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
         data = hs_tune.share_data(space)
         settings = hs_tune.SweepSettings(
             experiment=experiment,
@@ -143,12 +147,51 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: resume with  python pipelines/sweep.py --resume --run-name {name}"
-            f" --storage {storage}",
+            f" --storage {storage}" + (f" --address {args.address}" if args.address else ""),
             file=sys.stderr,
         )
         return 130
     finally:
         ray.shutdown()
+
+
+class ResumeError(Exception):
+    """``--resume`` cannot find the sweep, or was given settings that contradict it."""
+
+
+def resume_target(args: argparse.Namespace, storage: str, overrides: dict) -> tuple[SearchSpace, str, str]:
+    """(search space, MLflow experiment, Tune run name) of the sweep ``--resume`` continues.
+
+    The space and experiment come from the manifest the sweep wrote when it started, so
+    ``--resume --run-name NAME`` is enough; a ``--space`` that differs from it is refused,
+    because restored trials would silently train with other fixed settings.
+    """
+    from hairseg_core import tune as hs_tune
+
+    given = load_search_space(args.space, overrides) if args.space else None
+    wanted = args.experiment or (f"hairseg-{given.name}" if given else None)
+    name = args.run_name or hs_tune.latest_sweep(storage, wanted)
+    if name is None:
+        which = f"of experiment {wanted!r} " if wanted else ""
+        raise ResumeError(f"no restorable sweep {which}under {storage} (pass --run-name and --storage)")
+    manifest = hs_tune.load_sweep_manifest(storage, name)
+    if manifest is None:  # a sweep without a manifest: trust the command line
+        space = given or load_search_space(DEFAULT_SPACE, overrides)
+        return space, args.experiment or f"hairseg-{space.name}", name
+    stored: SearchSpace = manifest["space"]
+    if given is not None:
+        ignore = {"num_samples", "max_concurrent_trials"}
+        old, new = stored.model_dump(exclude=ignore), given.model_dump(exclude=ignore)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise ResumeError(
+                f"{args.space} differs from the search space sweep {name} started with "
+                f"({manifest.get('space_file')}) in: {', '.join(changed)}. Resume without --space "
+                "(the stored one is used) or start a new sweep."
+            )
+    if args.experiment and args.experiment != manifest["experiment"]:
+        raise ResumeError(f"sweep {name} logs to MLflow experiment {manifest['experiment']!r}, not {args.experiment!r}")
+    return stored, manifest["experiment"], name
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> str | None:
@@ -175,9 +218,14 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> str | None:
 def print_summary(rows, best, metric: str, elapsed: float, tracking_uri: str, experiment: str) -> None:
     from hairseg_core.report import format_table
 
-    shown = [{k: v for k, v in r.items() if k != "error" or v} for r in rows]
+    shown = [{k: v for k, v in r.items() if k != "error"} for r in rows]
     print()
     print(format_table(shown, title=f"trials, best {metric} first"))
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        print(f"\n{len(failed)} trial(s) errored (after their retries); error.txt in each trial folder has the trace:")
+        for row in failed:
+            print(f"  trial {row['trial_id']}: {row['error']}")
     print(f"\nbest trial {best.trial_id}: {metric} = {best.metrics.get(metric):.4f}")
     for key, value in sorted(best.config.items()):
         print(f"  {key}: {value}")

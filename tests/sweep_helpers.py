@@ -203,10 +203,7 @@ class SweepProcess:
         return survivors
 
     def describe(self) -> str:
-        return (
-            f"exit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}"
-            f"\n--- stderr\n{self.stderr[-6000:]}"
-        )
+        return f"exit {self.proc.returncode}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}"
 
 
 @dataclass
@@ -330,9 +327,7 @@ class MlflowServer:
             "1",
         ]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
         try:
             wait_until(
@@ -431,9 +426,7 @@ def sweep_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> SweepRuns:
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     runs = (
-        client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
-        if exp is not None
-        else []
+        client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000) if exp is not None else []
     )
     kind = "hairseg.kind"
     return SweepRuns(
@@ -466,27 +459,19 @@ def check_sweep_accounted(
     parent = runs.parents[0]
     assert len(results) == num_samples, f"Tune holds {len(results)} trials, expected {num_samples}"
     trial_ids = [r.data.tags.get("hairseg.trial_id") for r in runs.trials]
-    assert sorted(trial_ids) == sorted(results), (
-        f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
-    )
+    assert sorted(trial_ids) == sorted(results), f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
     for trial_id, run in runs.by_trial().items():
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id, f"trial {trial_id} has another parent"
         assert run.info.status == "FINISHED", f"trial {trial_id} run is {run.info.status}"
         rows = results[trial_id]
         for row in rows:
-            assert row["training_iteration"] == row["epoch"], (
-                f"trial {trial_id}: Tune iteration != epoch: {row}"
-            )
+            assert row["training_iteration"] == row["epoch"], f"trial {trial_id}: Tune iteration != epoch: {row}"
         tune_epochs = {int(row["epoch"]): row["val_miou"] for row in rows}
         last = max(tune_epochs)
-        assert sorted(tune_epochs) == list(range(1, last + 1)), (
-            f"trial {trial_id}: Tune epochs {sorted(tune_epochs)}"
-        )
+        assert sorted(tune_epochs) == list(range(1, last + 1)), f"trial {trial_id}: Tune epochs {sorted(tune_epochs)}"
         assert last <= epochs
-        assert int(tags["hairseg.epochs_run"]) == last, (
-            f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
-        )
+        assert int(tags["hairseg.epochs_run"]) == last, f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
         history = runs.history(run.info.run_id)
         steps = sorted({step for step, _ in history})
         assert steps == list(range(1, last + 1)), f"trial {trial_id}: MLflow val_miou steps {history}"

@@ -120,9 +120,7 @@ def test_typo_in_top_level_key_is_caught(tmp_path: Path) -> None:
 def test_unknown_head_node_type(tmp_path: Path) -> None:
     path = mutated(tmp_path, AWS, lambda c: c.update(head_node_type="hairseg_haed"))
     problems = problems_of(path)
-    assert any(
-        p.startswith("head_node_type:") and "'hairseg_haed'" in p and "gpu_worker_spot" in p for p in problems
-    )
+    assert any(p.startswith("head_node_type:") and "'hairseg_haed'" in p and "gpu_worker_spot" in p for p in problems)
 
 
 def test_min_workers_above_max_workers(tmp_path: Path) -> None:
@@ -332,8 +330,6 @@ def head_container(job: dict[str, Any]) -> dict[str, Any]:
         "literal-token",
     ],
 )
-def test_rayjob_mistakes(
-    tmp_path: Path, change: Callable[[dict[str, Any]], Any], expected_prefix: str
-) -> None:
+def test_rayjob_mistakes(tmp_path: Path, change: Callable[[dict[str, Any]], Any], expected_prefix: str) -> None:
     problems = problems_of(mutated(tmp_path, RAYJOB, change))
     assert any(p.startswith(expected_prefix) for p in problems), problems

@@ -237,3 +237,33 @@ def test_measure_latency_reports_median() -> None:
     assert 0 <= stats.min_ms <= stats.median_ms <= stats.p90_ms
     with pytest.raises(ValueError):
         measure_latency(lambda: None, repeats=0)
+
+
+def test_cli_evaluate_gives_the_same_scores_for_checkpoint_and_exports(
+    exported: dict, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hairseg evaluate` reads a checkpoint, model.onnx, model.ts or the export folder alike."""
+    import cv2
+
+    from hairseg_core import cli
+
+    for split in ("test",):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir(parents=True)
+    for seed, (h, w) in enumerate([(180, 140), (150, 210), (129, 129)]):
+        image = synthetic_portrait(h, w, seed=seed)
+        mask = np.zeros((h, w), np.uint8)
+        mask[: h // 3, w // 5 : 4 * w // 5] = 255  # a hair-like cap: scores need not be good, only equal
+        cv2.imwrite(str(tmp_path / "test" / "images" / f"p{seed}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / "test" / "masks" / f"p{seed}.png"), mask)
+
+    scores = {}
+    for key in ("checkpoint", "onnx", "torchscript", "dir"):
+        assert cli.main(["evaluate", "--model", str(exported[key]), "--data", str(tmp_path)]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        scores[key] = json.loads(line)
+        assert set(scores[key]) == {"acc", "acc_class", "miou", "fwiou", "boundary_f", "n_images", "ms_per_image"}
+        assert scores[key]["n_images"] == 3
+    for key in ("onnx", "torchscript", "dir"):
+        for metric in ("acc", "miou", "fwiou"):
+            assert scores[key][metric] == pytest.approx(scores["checkpoint"][metric], abs=2e-3), (key, metric)

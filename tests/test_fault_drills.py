@@ -72,9 +72,7 @@ def test_worker_node_loss_restarts_trial_from_checkpoint(ws: Workspace) -> None:
                     return trial_id, done
             return None
 
-        trial_id, checkpointed = wait_until(
-            trial_mid_run_on_victim, 240, "a trial mid-run on the victim node", 0.2
-        )
+        trial_id, checkpointed = wait_until(trial_mid_run_on_victim, 240, "a trial mid-run on the victim node", 0.2)
         pids_before = {row["pid"] for row in tune_results(ws.sweep_dir())[trial_id]}
         cluster.remove_node(victim, allow_graceful=False)
         sweep.wait(300)

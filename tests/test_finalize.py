@@ -94,8 +94,16 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     assert str(tracker.champion("hairseg").version) == "2"
 
     # 4. dry run: decision shown, registry untouched
-    fourth = finalize(all_background, cfg.model_dump(), settings.model_copy(update={"promote_margin": -0.5}),
-                      tracker, None, sweep="s4", dry_run=True, progress=False)
+    fourth = finalize(
+        all_background,
+        cfg.model_dump(),
+        settings.model_copy(update={"promote_margin": -0.5}),
+        tracker,
+        None,
+        sweep="s4",
+        dry_run=True,
+        progress=False,
+    )
     assert fourth.model_version is None and fourth.decision["dry_run"] and fourth.decision["promote"]
     assert len(tracker.client.search_model_versions("name='hairseg'")) == 3
     assert str(tracker.champion("hairseg").version) == "2"

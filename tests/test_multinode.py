@@ -38,9 +38,7 @@ def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:
     space = ws.space({"num_samples": NUM_SAMPLES, "max_concurrent_trials": 2, "fixed": {"epochs": EPOCHS}})
     ws.extra_env.update(LOOPBACK_DRIVER_ENV)
     with local_cluster(workers=2) as (cluster, workers):
-        sweep = ws.run(
-            ["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=300
-        )
+        sweep = ws.run(["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=300)
         head_id = cluster.head_node.node_id
     assert sweep.proc.returncode == 0, sweep.describe()
     assert "Connecting to existing Ray cluster" in sweep.stderr, "the driver must join, not start, Ray"

@@ -271,9 +271,7 @@ def test_every_postprocessor_runs_and_returns_a_probability_map(disc_scene) -> N
 
 def test_postprocessor_parameters_reach_their_stages(disc_scene) -> None:
     image, probs, _ = disc_scene
-    pipeline = build_postprocessor(
-        "crf+matting", iterations=2, bilateral_srgb=20, method="closed_form", trimap_width=6
-    )
+    pipeline = build_postprocessor("crf+matting", iterations=2, bilateral_srgb=20, method="closed_form", trimap_width=6)
     assert pipeline.crf == DenseCRF(iterations=2, bilateral_srgb=20)
     assert pipeline.matting == "closed_form" and pipeline.trimap_width == 6
     tuned = build_postprocessor("matting", matting_params={"window": 51, "sphere_scale": 0.5})

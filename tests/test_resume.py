@@ -83,7 +83,9 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
     interrupted = [r.data.tags["hairseg.trial_id"] for r in before.trials if r.info.status == "RUNNING"]
     assert finished_before and interrupted
 
-    second = ws.run(["--resume", *args], timeout=300, log_name="resume")
+    # No --space: the sweep's manifest (written beside Tune's state) supplies space and experiment.
+    resume_args = [a for a in args if a not in ("--space", str(space))]
+    second = ws.run(["--resume", *resume_args], timeout=300, log_name="resume")
     assert second.proc.returncode == 0, second.describe()
     assert _parent_id(second.stdout) == _parent_id(first.stdout), "resume must reopen the sweep's parent run"
 
@@ -100,14 +102,30 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
         # It continues from the newest checkpoint Tune's saved state knows, which may be older
         # than the newest one written (the state is saved every few seconds), never newer.
         restored = int(by_trial[trial_id].data.tags["hairseg.restored_from_epoch"])
-        assert 0 <= restored <= len(results_before.get(trial_id, [])), (
-            f"trial {trial_id} from epoch {restored}"
-        )
+        assert 0 <= restored <= len(results_before.get(trial_id, [])), f"trial {trial_id} from epoch {restored}"
 
 
 def test_resume_without_a_sweep_fails_clearly(ws: Workspace) -> None:
     space = ws.space()
     sweep = ws.run(["--space", str(space), "--resume", "--no-finalize", "--quiet"], timeout=120)
     assert sweep.proc.returncode == 2, sweep.describe()
-    assert "no interrupted sweep of 'hairseg-tiny'" in sweep.stderr
+    assert "no restorable sweep of experiment 'hairseg-tiny'" in sweep.stderr
     assert str(ws.storage) in sweep.stderr
+
+
+def test_resume_refuses_a_different_search_space(ws: Workspace) -> None:
+    """Restored trials would train with other fixed settings: refused before Ray starts, naming the keys."""
+    from hairseg_core.config import load_search_space
+    from hairseg_core.tune import load_sweep_manifest, save_sweep_manifest
+
+    original = ws.space()
+    save_sweep_manifest(str(ws.storage), "hairseg-tiny-1", "hairseg-tiny", load_search_space(original), str(original))
+    manifest = load_sweep_manifest(str(ws.storage), "hairseg-tiny-1")
+    assert manifest is not None and manifest["space"] == load_search_space(original)
+
+    changed = ws.space({"fixed": {"epochs": 7}, "seed": 3}, name="tiny.yaml")
+    sweep = ws.run(["--resume", "--run-name", "hairseg-tiny-1", "--space", str(changed), "--quiet"], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert "differs from the search space sweep hairseg-tiny-1 started with" in sweep.stderr
+    assert "fixed, seed" in sweep.stderr
+    assert "Traceback" not in sweep.stderr

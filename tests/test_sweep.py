@@ -16,9 +16,12 @@ from pathlib import Path
 
 import mlflow.artifacts
 import pytest
+import yaml
 from sweep_helpers import (
     EXPERIMENT,
+    TINY_SPACE,
     Workspace,
+    _merge,
     check_sweep_accounted,
     free_port,
     make_workspace,
@@ -123,3 +126,36 @@ def test_unreachable_ray_cluster_exits_2_instead_of_hanging(ws: Workspace) -> No
     assert sweep.proc.returncode == 2, sweep.describe()
     assert f"cannot reach the Ray cluster at {address}" in sweep.stderr, sweep.stderr
     assert not ws.storage.exists()
+
+
+def test_crashing_trial_is_retried_then_errored_and_the_sweep_completes(ws: Workspace) -> None:
+    """A trial whose loss turns NaN is retried ``max_failures`` times, then marked errored; the rest finish.
+
+    ``lr_head: .inf`` is a real crash, not a mock: Adam's first step makes the weights NaN, the
+    next loss is NaN and the trainer's guard raises ``FloatingPointError`` inside the trial.
+    """
+    raw = _merge(TINY_SPACE, {"num_samples": 4, "max_failures": 1, "fixed": {"epochs": 2}, "seed": 1})
+    raw["params"] = {"lr_head": {"type": "categorical", "choices": [0.003, float("inf")]}}
+    raw["scheduler"] = {"type": "fifo"}
+    space = ws.cwd / "crashing.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep = ws.run(["--space", str(space), "--no-finalize", "--quiet", "--num-cpus", "2"], timeout=300)
+    assert sweep.proc.returncode == 0, sweep.describe()
+
+    runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
+    trial_dirs = {p.name.removeprefix("trial_"): p for p in ws.sweep_dir().glob("trial_*")}
+    assert len(trial_dirs) == 4 and len(runs.trials) == 4, "one Tune trial and one MLflow run per sample"
+    by_trial = runs.by_trial()
+    crashed = {t for t, r in by_trial.items() if r.data.params["lr_head"] == "inf"}
+    assert crashed and crashed != set(by_trial), f"seed 1 should sample both values: {sorted(by_trial)}"
+    for trial_id, run in by_trial.items():
+        error_file = trial_dirs[trial_id] / "error.txt"
+        if trial_id in crashed:
+            assert run.info.status == "FAILED", f"crashed trial {trial_id} run is {run.info.status}"
+            text = error_file.read_text()
+            assert "FloatingPointError" in text and "training loss became nan" in text
+            assert text.count("Failure # ") == 2, "first attempt + max_failures=1 retry, then errored"
+        else:
+            assert run.info.status == "FINISHED" and not error_file.exists()
+            assert [s for s, _ in runs.history(run.info.run_id)] == [1, 2]
+    assert "training loss became nan" in sweep.stdout  # the summary table names the error

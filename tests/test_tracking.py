@@ -9,6 +9,8 @@ trial's run is found again instead of duplicated, and unusable stores fail clear
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -187,8 +189,31 @@ def test_with_retries_gives_up_clearly() -> None:
     def down() -> None:
         raise MlflowException("503 Service Unavailable")
 
-    with pytest.raises(TrackingUnavailable, match="MLflow call 'log metrics' failed 3 times: 503"):
+    with pytest.raises(TrackingUnavailable, match=r"MLflow call 'log metrics' failed 3 times over \d+ s .*: 503"):
         with_retries(down, "log metrics", attempts=3, delay=0.01)
+
+
+def test_dead_http_server_fails_within_the_retry_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that stays down fails the call clearly, instead of MLflow's minutes of HTTP retries."""
+    mlflow_http = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    mlflow_http += ("MLFLOW_HTTP_REQUEST_TIMEOUT",)
+    for name in mlflow_http:
+        monkeypatch.setenv(name, "placeholder")  # records the original value for teardown
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HAIRSEG_TRACKING_RETRY_S", "3")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tracker = Tracker(f"http://127.0.0.1:{port}", "nowhere")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # MLflow's own retries kept short
+    with pytest.raises(TrackingUnavailable, match=r"'get/create experiment' failed \d+ times .*retry budget 3 s"):
+        _ = tracker.experiment_id
+
+
+def test_retry_budget_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HAIRSEG_TRACKING_RETRY_S", "soon")
+    with pytest.raises(ValueError, match="HAIRSEG_TRACKING_RETRY_S='soon': expected a number of seconds"):
+        with_retries(lambda: None, "anything")
 
 
 def test_with_retries_does_not_hide_programming_errors() -> None:
@@ -206,10 +231,7 @@ def test_with_retries_does_not_hide_programming_errors() -> None:
 def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(workdir=tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
-    assert (
-        resolve_tracking_uri("sqlite:///rel/x.db", workdir=tmp_path)
-        == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
-    )
+    assert resolve_tracking_uri("sqlite:///rel/x.db", workdir=tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
     assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(workdir=tmp_path) == "http://127.0.0.1:5000"

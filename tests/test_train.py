@@ -42,7 +42,9 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
 def test_resume_continues_identically(tmp_path: Path) -> None:
     """Epoch 3 after a save/restore at epoch 2 equals epoch 3 of an uninterrupted run."""
     torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
-    cfg = tiny_config(tmp_path, rsc=True, blur=True, mixup=True, mixup_alpha=0.4, loss="focal", gc_weight=0.5)
+    cfg = tiny_config(
+        tmp_path, rsc=True, blur=True, mixup=True, mixup_alpha=0.4, loss="focal", gc_weight=0.5, precise_bn_batches=2
+    )
     data = load_trial_data(cfg)
 
     straight = Trainer(cfg, data=data)
@@ -98,6 +100,30 @@ def test_training_beats_constant_predictor(tmp_path: Path) -> None:
     constant_miou = (1.0 - hair) / 2  # IoU_bg = accuracy of 'all background', IoU_hair = 0
     best = max(h["val_miou"] for h in history)
     assert best > constant_miou + 0.1, (best, constant_miou)
+
+
+def test_precise_bn_sets_running_stats_to_the_average_batch_statistics(tmp_path: Path) -> None:
+    """Recalibration replaces stale running stats with the exact average of the batches' own statistics."""
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config(tmp_path, batch_size=4, precise_bn_batches=2))
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:  # stale statistics, as after a short run from scratch
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(50.0)
+    seen: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in norms}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen[mod].append(args[0].detach())) for m in norms]
+    assert trainer.recalibrate_batchnorm(2) == 2
+    for h in hooks:
+        h.remove()
+
+    for m in norms:
+        assert len(seen[m]) == 2
+        means = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen[m]])
+        variances = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen[m]])
+        assert torch.allclose(m.running_mean, means.mean(0), atol=1e-5)
+        assert torch.allclose(m.running_var, variances.mean(0), rtol=1e-4, atol=1e-5)
+        assert m.momentum == 0.1  # the training momentum is restored
+    assert trainer.recalibrate_batchnorm(0) == 0
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:

@@ -32,13 +32,9 @@ def check_probs(probs: np.ndarray, image_hw: tuple[int, int], where: str) -> np.
     if not isinstance(probs, np.ndarray):
         raise TypeError(f"{where}: probs must be a numpy array [C,H,W] float32, got {type(probs).__name__}")
     if probs.ndim != 3 or probs.shape[0] < 2:
-        raise ValueError(
-            f"{where}: probs must be [C,H,W] softmax with C >= 2 classes, got shape {probs.shape}"
-        )
+        raise ValueError(f"{where}: probs must be [C,H,W] softmax with C >= 2 classes, got shape {probs.shape}")
     if probs.shape[1:] != tuple(image_hw):
-        raise ValueError(
-            f"{where}: probs spatial size {probs.shape[1:]} does not match image HxW {tuple(image_hw)}"
-        )
+        raise ValueError(f"{where}: probs spatial size {probs.shape[1:]} does not match image HxW {tuple(image_hw)}")
     if not np.issubdtype(probs.dtype, np.floating):
         raise TypeError(f"{where}: probs must be floating point softmax output, got {probs.dtype}")
     lo, hi = float(probs.min()), float(probs.max())

@@ -137,9 +137,7 @@ def mishima_matting(
     for offset, mask in ((0, fg), (5, bg)):
         local = sums[:, offset : offset + 5]
         colours = image[mask].astype(np.float64)
-        global_sums = np.concatenate(
-            [[len(colours)], colours.sum(0), [np.einsum("nc,nc->", colours, colours)]]
-        )
+        global_sums = np.concatenate([[len(colours)], colours.sum(0), [np.einsum("nc,nc->", colours, colours)]])
         local = np.where((local[:, :1] >= min_samples), local, global_sums[None, :])
         mean = local[:, 1:4] / local[:, :1]
         var = local[:, 4] / local[:, 0] - np.einsum("nc,nc->n", mean, mean)
@@ -162,9 +160,7 @@ def mishima_matting(
 
 
 @MATTING.register("closed_form")
-def closed_form_matting(
-    image: np.ndarray, trimap: np.ndarray, *, epsilon: float = 1e-7, radius: int = 1
-) -> np.ndarray:
+def closed_form_matting(image: np.ndarray, trimap: np.ndarray, *, epsilon: float = 1e-7, radius: int = 1) -> np.ndarray:
     """Closed-form α matte (Levin et al.) via ``pymatting.estimate_alpha_cf``; float32 HxW in [0, 1].
 
     ``epsilon``/``radius`` are the matting Laplacian's regulariser and window radius.

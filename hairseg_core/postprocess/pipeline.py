@@ -48,11 +48,7 @@ class PostProcessor:
                 raise TypeError(
                     f"postprocessor {self.name!r}: bad matting_params for {self.matting!r}: {err}"
                 ) from None
-        if (
-            isinstance(self.trimap_width, bool)
-            or not isinstance(self.trimap_width, int)
-            or self.trimap_width < 0
-        ):
+        if isinstance(self.trimap_width, bool) or not isinstance(self.trimap_width, int) or self.trimap_width < 0:
             raise ValueError(
                 f"postprocessor {self.name!r}: trimap_width must be an int >= 0, got {self.trimap_width!r}"
             )
@@ -62,9 +58,7 @@ class PostProcessor:
         image = check_rgb_image(image, where)
         probs = check_probs(probs, image.shape[:2], where)
         if probs.shape[0] != 2:
-            raise ValueError(
-                f"{where}: expected [2,H,W] (background, hair) softmax, got {probs.shape[0]} classes"
-            )
+            raise ValueError(f"{where}: expected [2,H,W] (background, hair) softmax, got {probs.shape[0]} classes")
         if self.crf is not None:
             probs = self.crf(image, probs)
         hair = np.ascontiguousarray(probs[1], dtype=np.float32)

@@ -68,14 +68,10 @@ def check_trimap(trimap: np.ndarray, shape: tuple[int, int], where: str) -> np.n
     """
     t = np.asarray(trimap)
     if t.dtype != np.uint8:
-        raise TypeError(
-            f"{where}: trimap must be uint8 with values 0/128/255 (see make_trimap), got {t.dtype}"
-        )
+        raise TypeError(f"{where}: trimap must be uint8 with values 0/128/255 (see make_trimap), got {t.dtype}")
     if t.shape != tuple(shape):
         raise ValueError(f"{where}: trimap shape {t.shape} does not match the image's HxW {tuple(shape)}")
     bad = (t != BACKGROUND) & (t != UNKNOWN) & (t != FOREGROUND)
     if bad.any():
-        raise ValueError(
-            f"{where}: trimap may only hold {_TRIMAP_VALUES}; found {np.unique(t[bad])[:5].tolist()}"
-        )
+        raise ValueError(f"{where}: trimap may only hold {_TRIMAP_VALUES}; found {np.unique(t[bad])[:5].tolist()}")
     return t
