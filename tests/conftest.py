@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
+from sweep_helpers import Workspace, make_workspace
 
 # Tests never reach the internet; make libraries that could try fail fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,3 +17,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: long or multi-node test; run in CI, skip with -m 'not slow'")
+
+
+@pytest.fixture
+def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
+    """A working folder for one sweep subprocess: sqlite MLflow, Tune storage, a shared data cache."""
+    workspace = make_workspace(tmp_path, tmp_path_factory)
+    yield workspace
+    workspace.cleanup()

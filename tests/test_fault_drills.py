@@ -14,7 +14,6 @@ lost epochs or restarted from scratch shows up in its epoch history.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from sweep_helpers import (
@@ -23,7 +22,6 @@ from sweep_helpers import (
     Workspace,
     check_sweep_accounted,
     local_cluster,
-    make_workspace,
     sweep_runs,
     tune_results,
     wait_until,
@@ -42,11 +40,10 @@ DRILL_SPACE = {
 
 
 @pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
-    workspace = make_workspace(tmp_path, tmp_path_factory)
-    workspace.extra_env.update(LOOPBACK_DRIVER_ENV)
-    yield workspace
-    workspace.cleanup()
+def ws(ws: Workspace) -> Workspace:
+    """conftest's workspace, with the driver on the loopback address the local cluster uses."""
+    ws.extra_env.update(LOOPBACK_DRIVER_ENV)
+    return ws
 
 
 def _alive(sweep) -> None:

@@ -8,15 +8,12 @@ its MLflow run (``hairseg.node_id``), which is how the test sees where trials la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sweep_helpers import (
     LOOPBACK_DRIVER_ENV,
     Workspace,
     check_sweep_accounted,
     local_cluster,
-    make_workspace,
     sweep_runs,
     tune_results,
 )
@@ -25,13 +22,6 @@ pytestmark = pytest.mark.slow
 
 NUM_SAMPLES = 4
 EPOCHS = 2
-
-
-@pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
-    workspace = make_workspace(tmp_path, tmp_path_factory)
-    yield workspace
-    workspace.cleanup()
 
 
 def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:

@@ -15,13 +15,10 @@ train ASHA-stopped trials on to the last epoch.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 from sweep_helpers import (
     Workspace,
     check_sweep_accounted,
-    make_workspace,
     process_tree,
     sweep_runs,
     tune_results,
@@ -30,13 +27,6 @@ from sweep_helpers import (
 
 NUM_SAMPLES = 4
 EPOCHS = 3
-
-
-@pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
-    workspace = make_workspace(tmp_path, tmp_path_factory)
-    yield workspace
-    workspace.cleanup()
 
 
 def _parent_id(stdout: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.artifacts
@@ -24,7 +23,6 @@ from sweep_helpers import (
     _merge,
     check_sweep_accounted,
     free_port,
-    make_workspace,
     sweep_runs,
     tune_results,
 )
@@ -32,13 +30,6 @@ from sweep_helpers import (
 NUM_SAMPLES = 4
 EPOCHS = 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def ws(tmp_path, tmp_path_factory) -> Iterator[Workspace]:
-    workspace = make_workspace(tmp_path, tmp_path_factory)
-    yield workspace
-    workspace.cleanup()
 
 
 def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
