@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -408,6 +409,8 @@ class Tracker:
 
 def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0) -> Any | None:
     """CPU / memory / GPU usage of this trial's process into its run; None where unavailable."""
+    # Its start/stop INFO lines would repeat for every trial in the sweep's console.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

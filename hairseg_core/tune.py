@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import re
 import tempfile
@@ -166,6 +167,8 @@ def run_trial(
     config: dict[str, Any], fixed: dict[str, Any], tracking: TrackingSettings, data: TrialData | None = None
 ) -> None:
     """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch."""
+    # One "Checkpoint successfully created" line per epoch per trial drowns Tune's status table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     sampled = sampled_settings(config)
     cfg = TrainConfig(**{**fixed, **sampled})
     cpus = _trial_resources()
