@@ -231,6 +231,14 @@ class FinalizeSettings(_Strict):
     registered_model: str = "hairseg"
 
 
+#: Settings that only matter when another one is on: searching them otherwise is a silent no-op.
+INERT_UNLESS: dict[str, tuple[str, set[Any]]] = {
+    "mixup_alpha": ("mixup", {True}),
+    "focal_gamma": ("loss", {"focal"}),
+    "focal_alpha": ("loss", {"focal"}),
+}
+
+
 class SearchSpace(_Strict):
     """A sweep: fixed settings, searched parameters, objective, scheduler, budget, resources."""
 
@@ -249,6 +257,24 @@ class SearchSpace(_Strict):
     max_failures: Annotated[int, Field(ge=0)] = 2
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
     finalize: FinalizeSettings = Field(default_factory=FinalizeSettings)
+
+    def _check_no_inert_params(self) -> None:
+        """A searched setting that no trial can use spends the budget on noise (e.g. mixup_alpha, mixup off)."""
+        for name, (switch, enabling) in INERT_UNLESS.items():
+            if name not in self.params:
+                continue
+            if switch in self.params:
+                values = self.params[switch].values()
+                where = f"params.{switch} only takes {values!r}"
+            else:
+                value = self.fixed.get(switch, TrainConfig.model_fields[switch].default)
+                values = [value]
+                where = f"{switch} is {value!r} in every trial"
+            if not any(v in enabling for v in values):
+                raise ValueError(
+                    f"params.{name}: has no effect, {where}; set {switch} to one of {sorted(enabling, key=str)} "
+                    f"(fixed or searched) or drop {name}"
+                )
 
     @model_validator(mode="after")
     def _check_semantics(self) -> SearchSpace:
@@ -290,6 +316,7 @@ class SearchSpace(_Strict):
                     TrainConfig(**{**base, name: probe})
                 except ValidationError as exc:
                     raise ValueError(f"params.{name}: value {probe!r} is invalid: {_first_error(exc)}") from None
+        self._check_no_inert_params()
         if self.scheduler.max_t is not None and self.scheduler.max_t != self.epochs:
             raise ValueError(
                 f"scheduler.max_t ({self.scheduler.max_t}) must equal fixed.epochs ({self.epochs}): "

@@ -72,6 +72,17 @@ def test_paper_space_covers_the_paper_study() -> None:
         (lambda d: d.update(scheduler={"max_t": 7}), "must equal fixed.epochs"),
         (lambda d: d["params"].update(epochs={"type": "int", "low": 1, "high": 5}), "epochs must be fixed"),
         (lambda d: d.update(resources={"cpu": 1, "gpu": 1.5}), "whole number"),
+        (
+            lambda d: d["params"].update(mixup_alpha={"type": "categorical", "choices": [0.2, 0.4]}),
+            "params.mixup_alpha: has no effect, mixup is False in every trial",
+        ),
+        (
+            lambda d: d["params"].update(
+                loss={"type": "categorical", "choices": ["ce"]},
+                focal_gamma={"type": "categorical", "choices": [1.0, 2.0]},
+            ),
+            "params.focal_gamma: has no effect, params.loss only takes ['ce']",
+        ),
     ],
 )
 def test_invalid_space_names_file_and_key(tmp_path: Path, mutate, expected: str) -> None:
