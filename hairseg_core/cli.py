@@ -131,8 +131,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "download":
         from hairseg_core.data.download import download_dataset
+        from hairseg_core.data.errors import DownloadError
 
-        path = download_dataset(args.name, args.dest, url=args.url)
+        try:
+            path = download_dataset(args.name, args.dest, url=args.url)
+        except DownloadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(path)
         return 0
     from hairseg_core.data.synthetic import ensure_synthetic

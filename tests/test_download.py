@@ -180,3 +180,21 @@ def test_unknown_dataset_and_bad_arguments(tmp_path: Path) -> None:
         download_dataset("celebamask_hq", tmp_path)
     with pytest.raises(DownloadError, match="2 sha256 values for 1 URLs"):
         download_dataset("figaro1k", tmp_path, url=["http://127.0.0.1:9/a.zip"], sha256=["a", "b"], progress=False)
+
+
+def test_cli_download_prints_the_dataset_path_or_a_clear_error(
+    server: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hairseg_core import cli
+
+    base, www = server
+    figaro_zip(www / "Figaro1k.zip")
+    dest = tmp_path / "data"
+    assert cli.main(["data", "download", "figaro1k", "--dest", str(dest), "--url", f"{base}/Figaro1k.zip"]) == 0
+    printed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(build_dataset("figaro1k", "train", root=str(printed))) == 1
+
+    missing = f"{base}/gone/Figaro1k.zip"
+    assert cli.main(["data", "download", "figaro1k", "--dest", str(tmp_path / "d2"), "--url", missing]) == 2
+    err = capsys.readouterr().err
+    assert f"error: download of {missing} failed: HTTP 404" in err and "Traceback" not in err
