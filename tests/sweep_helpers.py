@@ -35,6 +35,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = REPO / "pipelines" / "sweep.py"
+FINALIZE = REPO / "pipelines" / "finalize.py"
 PYTHON = sys.executable
 EXPERIMENT = "hairseg-tiny"  # sweep.py names the experiment hairseg-<space name>
 T = TypeVar("T")
@@ -227,12 +228,12 @@ class Workspace:
     def space(self, overrides: Mapping[str, Any] | None = None, name: str = "tiny.yaml") -> Path:
         return write_space(self.cwd / name, overrides)
 
-    def start(self, args: Sequence[str], log_name: str = "sweep") -> SweepProcess:
-        """Start the sweep in its own session (process group) so it can be killed as a whole."""
+    def start(self, args: Sequence[str], log_name: str = "sweep", script: Path = SWEEP) -> SweepProcess:
+        """Start the sweep (or another pipeline) in its own session, so it can be killed as a whole."""
         out, err = self.cwd / f"{log_name}.out", self.cwd / f"{log_name}.err"
         with out.open("wb") as fout, err.open("wb") as ferr:
             proc = subprocess.Popen(
-                [PYTHON, str(SWEEP), *args],
+                [PYTHON, str(script), *args],
                 cwd=self.cwd,
                 env=sweep_env(self.cache, self.extra_env),
                 stdout=fout,
@@ -243,8 +244,10 @@ class Workspace:
         self.started.append(sweep)
         return sweep
 
-    def run(self, args: Sequence[str], timeout: float = 300, log_name: str = "sweep") -> SweepProcess:
-        sweep = self.start(args, log_name)
+    def run(
+        self, args: Sequence[str], timeout: float = 300, log_name: str = "sweep", script: Path = SWEEP
+    ) -> SweepProcess:
+        sweep = self.start(args, log_name, script)
         sweep.wait(timeout)
         return sweep
 

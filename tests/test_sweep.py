@@ -11,13 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
+import mlflow
 import mlflow.artifacts
 import pytest
 import yaml
 from sweep_helpers import (
     EXPERIMENT,
+    FINALIZE,
     TINY_SPACE,
     Workspace,
     _merge,
@@ -150,3 +153,43 @@ def test_crashing_trial_is_retried_then_errored_and_the_sweep_completes(ws: Work
             assert run.info.status == "FINISHED" and not error_file.exists()
             assert [s for s, _ in runs.history(run.info.run_id)] == [1, 2]
     assert "training loss became nan" in sweep.stdout  # the summary table names the error
+
+
+def test_sweep_with_final_stage_then_finalize_alone(ws: Workspace) -> None:
+    """The main job end to end: trials, Table 5, exports, registry promotion; then the stage alone."""
+    space = ws.space(
+        {
+            "num_samples": 2,
+            "fixed": {"epochs": 2},
+            "finalize": {"max_test_images": 4, "export_size": 97},
+        }
+    )
+    sweep = ws.run(["--space", str(space), "--quiet", "--num-cpus", "2"], timeout=600)
+    assert sweep.proc.returncode == 0, sweep.describe()
+    out = sweep.stdout
+    assert "post-processing on the test split (paper Table 5)" in out
+    for method in ("baseline", "crf", "matting", "crf+matting"):
+        assert re.search(rf"^{re.escape(method)}\s+0\.\d+", out, re.MULTILINE), f"no Table 5 row {method}"
+    assert "registered hairseg v1: promoted to @champion" in out
+
+    name = ws.sweep_dir().name
+    export = ws.cwd / "exports" / name
+    assert {"model.onnx", "model.ts", "model.json"} <= {p.name for p in export.iterdir()}
+    meta = json.loads((export / "model.json").read_text())
+    assert meta["input"]["size"] == 97
+
+    client = mlflow.MlflowClient(ws.tracking_uri)
+    champion = client.get_model_version_by_alias("hairseg", "champion")
+    assert str(champion.version) == "1" and champion.tags["hairseg.sweep"] == name
+    final_runs = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`hairseg.kind` = 'finalize'"
+    )
+    assert len(final_runs) == 1
+    assert "table5/postprocessing.json" in _artifact_paths(client, final_runs[0].info.run_id, "table5")
+
+    # The stage alone on the same sweep: the same model ties with the champion, so a dry run keeps it.
+    alone = ws.run(["--experiment", EXPERIMENT, "--dry-run"], timeout=300, log_name="finalize", script=FINALIZE)
+    assert alone.proc.returncode == 0, alone.describe()
+    assert "champion kept" in alone.stdout and "dry run" in alone.stdout.lower()
+    assert len(client.search_model_versions("name='hairseg'")) == 1
+    assert str(client.get_model_version_by_alias("hairseg", "champion").version) == "1"
