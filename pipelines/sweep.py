@@ -130,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started
+        ended = results.num_terminated + results.num_errors
+        if ended < space.num_samples:
+            # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the
+            # sweep is not over, so it must be neither summarised as done nor finalized.
+            tracker.end_run(parent, "KILLED")
+            print(f"\n{ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
+            print(resume_hint(name, storage, args), file=sys.stderr)
+            return 130
         rows = hs_tune.results_rows(results, space)
         study = hs_tune.optuna_study_from_results(results, space)
         best = hs_tune.best_trial(results, space)
@@ -145,14 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
         return status
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: resume with  python pipelines/sweep.py --resume --run-name {name}"
-            f" --storage {storage}" + (f" --address {args.address}" if args.address else ""),
-            file=sys.stderr,
-        )
+        print(resume_hint(name, storage, args), file=sys.stderr)
         return 130
     finally:
         ray.shutdown()
+
+
+def resume_hint(name: str, storage: str, args: argparse.Namespace) -> str:
+    address = f" --address {args.address}" if args.address else ""
+    tracking = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    return (
+        f"interrupted: finished trials are kept; resume with\n"
+        f"  python pipelines/sweep.py --resume --run-name {name} --storage {storage}{address}{tracking}"
+    )
 
 
 class ResumeError(Exception):

@@ -14,9 +14,13 @@ train ASHA-stopped trials on to the last epoch.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
+from mlflow import MlflowClient
 from sweep_helpers import (
+    SweepProcess,
     Workspace,
     check_sweep_accounted,
     process_tree,
@@ -35,6 +39,18 @@ def _parent_id(stdout: str) -> str:
     return found.group(1)
 
 
+def _wait_for_finished_and_running(ws: Workspace, sweep: SweepProcess) -> None:
+    """Until a trial has just ended (its run is closed) while another one is training."""
+
+    def finished_and_running() -> bool:
+        if sweep.proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before it could be interrupted: {sweep.describe()}")
+        status = [r.info.status for r in sweep_runs(ws.tracking_uri).trials]
+        return "FINISHED" in status and "RUNNING" in status
+
+    wait_until(finished_and_running, 240, "one finished trial and one running trial", interval=0.2)
+
+
 def test_resume_after_driver_sigkill(ws: Workspace) -> None:
     # keep_checkpoints 2 (as the shipped spaces): Tune then saves its experiment state only every
     # TUNE_GLOBAL_CHECKPOINT_S, not after each checkpoint, so the kill can land between a trial's
@@ -50,14 +66,7 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
     args = ["--space", str(space), "--no-finalize", "--num-cpus", "2", "--quiet"]
     first = ws.start(args, "first")
 
-    def finished_and_running() -> bool:
-        """A trial has just ended (its run is closed) while another one is training."""
-        if first.proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before it could be interrupted: {first.describe()}")
-        status = [r.info.status for r in sweep_runs(ws.tracking_uri).trials]
-        return "FINISHED" in status and "RUNNING" in status
-
-    wait_until(finished_and_running, 240, "one finished trial and one running trial", interval=0.2)
+    _wait_for_finished_and_running(ws, first)
     tree = process_tree(first.proc.pid)
     assert any("raylet" in " ".join(p.cmdline()) for p in tree), "the driver should own a local Ray"
     survivors = first.kill()
@@ -119,3 +128,26 @@ def test_resume_refuses_a_different_search_space(ws: Workspace) -> None:
     assert "differs from the search space sweep hairseg-tiny-1 started with" in sweep.stderr
     assert "fixed, seed" in sweep.stderr
     assert "Traceback" not in sweep.stderr
+
+
+def test_ctrl_c_stops_without_finalizing_and_resume_completes(ws: Workspace) -> None:
+    """Tune swallows the first Ctrl-C and returns normally: the sweep must not finalize or close as done."""
+    space = ws.space({"num_samples": NUM_SAMPLES, "max_concurrent_trials": 2, "fixed": {"epochs": EPOCHS}})
+    first = ws.start(["--space", str(space), "--num-cpus", "2", "--quiet"], "first")  # final stage on
+    _wait_for_finished_and_running(ws, first)
+    os.killpg(first.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the foreground group
+    assert first.wait(180) == 130, first.describe()
+    assert "interrupted: finished trials are kept; resume with" in first.stderr
+    assert f"--resume --run-name {ws.sweep_dir().name}" in first.stderr
+
+    before = sweep_runs(ws.tracking_uri)
+    assert before.parents[0].info.status == "KILLED"
+    assert "post-processing on the test split" not in first.stdout, "an interrupted sweep was finalized"
+    assert not (ws.cwd / "exports").exists()
+    assert MlflowClient(ws.tracking_uri).search_registered_models() == []
+
+    second = ws.run(["--resume", "--no-finalize", "--num-cpus", "2", "--quiet"], timeout=300, log_name="resume")
+    assert second.proc.returncode == 0, second.describe()
+    after = sweep_runs(ws.tracking_uri)
+    check_sweep_accounted(after, tune_results(ws.sweep_dir()), NUM_SAMPLES, EPOCHS)
+    assert after.parents[0].info.status == "FINISHED"
