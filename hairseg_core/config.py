@@ -104,6 +104,23 @@ class TrainConfig(_Strict):
             raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
         return value
 
+    @model_validator(mode="after")
+    def _known_dataset_options(self) -> TrainConfig:
+        """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
+        import inspect
+
+        from hairseg_core.data import DATASETS
+
+        params = inspect.signature(DATASETS.get(self.dataset)).parameters.values()
+        allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
+        unknown = sorted(set(self.dataset_options) - allowed)
+        if unknown:
+            raise ValueError(
+                f"dataset_options: {', '.join(unknown)} not an option of dataset {self.dataset!r}; "
+                f"expected some of {sorted(allowed)}"
+            )
+        return self
+
     @property
     def effective_mixup_alpha(self) -> float:
         """Mixup's Beta(α, α) parameter, 0 when mixup is off (α = 0 disables it)."""

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # run from a clone without installing: python pip
     sys.path.insert(0, str(REPO))
 
 from hairseg_core.config import ConfigError, SearchSpace, load_search_space  # noqa: E402
+from hairseg_core.data.errors import DataError  # noqa: E402
 from hairseg_core.tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
@@ -102,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
+    # The data every trial shares is decoded here, before Ray and before the MLflow parent run:
+    # a corrupt image or a wrong path fails in seconds, naming the file.
+    try:
+        data = hs_tune.share_data(space)
+    except (DataError, ValueError, FileNotFoundError) as exc:  # DataError names the file
+        print(f"error: dataset {space.fixed.get('dataset')!r}: {exc}", file=sys.stderr)
+        return 2
+
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: cheap resume
@@ -118,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.resume:
             hs_tune.save_sweep_manifest(storage, name, experiment, space, args.space or DEFAULT_SPACE)
         print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
-        data = hs_tune.share_data(space)
         settings = hs_tune.SweepSettings(
             experiment=experiment,
             storage_path=storage,

@@ -73,6 +73,10 @@ def test_paper_space_covers_the_paper_study() -> None:
         (lambda d: d["params"].update(epochs={"type": "int", "low": 1, "high": 5}), "epochs must be fixed"),
         (lambda d: d.update(resources={"cpu": 1, "gpu": 1.5}), "whole number"),
         (
+            lambda d: d["fixed"].update(dataset="folder", data_root="/data", dataset_options={"n_train": 5}),
+            "dataset_options: n_train not an option of dataset 'folder'",
+        ),
+        (
             lambda d: d["params"].update(mixup_alpha={"type": "categorical", "choices": [0.2, 0.4]}),
             "params.mixup_alpha: has no effect, mixup is False in every trial",
         ),

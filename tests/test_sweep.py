@@ -14,8 +14,10 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import mlflow
 import mlflow.artifacts
+import numpy as np
 import pytest
 import yaml
 from sweep_helpers import (
@@ -101,6 +103,27 @@ def test_invalid_space_exits_2_before_ray(ws: Workspace) -> None:
     assert "not a training setting" in sweep.stderr
     assert "Ray instance" not in sweep.stderr, "Ray must not start for an invalid space"
     assert not ws.storage.exists()
+
+
+def test_corrupt_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
+    root = ws.cwd / "data"
+    for sub in ("images", "masks"):
+        (root / "train" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(root / "train" / "images" / f"p{i}.png"), rng.integers(0, 256, (40, 40, 3), np.uint8))
+        cv2.imwrite(str(root / "train" / "masks" / f"p{i}.png"), np.where(rng.random((40, 40)) > 0.5, 255, 0))
+    (root / "train" / "images" / "p3.png").write_bytes(b"\x89PNG truncated by a failed copy")
+    raw = _merge(TINY_SPACE, {"fixed": {"dataset": "folder", "data_root": str(root)}})
+    raw["fixed"]["dataset_options"] = {"val_fraction": 0.34}
+    space = ws.cwd / "corrupt.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep = ws.run(["--space", str(space), "--quiet"], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert "p3.png" in sweep.stderr and "error: dataset 'folder'" in sweep.stderr
+    assert "Traceback" not in sweep.stderr
+    assert "Started a local Ray instance" not in sweep.stderr, "bad data must fail before Ray starts"
+    assert not sweep_runs(ws.tracking_uri).parents, "no MLflow parent run for a sweep that never started"
 
 
 def test_unreachable_tracking_server_exits_2_before_any_trial(ws: Workspace) -> None:
