@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = hs_tune.share_data(space)
     except (DataError, ValueError, FileNotFoundError) as exc:  # DataError names the file
-        print(f"error: dataset {space.fixed.get('dataset')!r}: {exc}", file=sys.stderr)
+        print(f"\nerror: dataset {space.fixed.get('dataset')!r}: {exc}", file=sys.stderr)
         return 2
 
     import ray
@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             print(resume_hint(name, storage, args), file=sys.stderr)
             return 130
         rows = hs_tune.results_rows(results, space)
+        if results.num_terminated == 0:
+            print_errors(rows)
+            tracker.end_run(parent, "FAILED")
+            print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)
+            return 1
         study = hs_tune.optuna_study_from_results(results, space)
         best = hs_tune.best_trial(results, space)
         from hairseg_core.tracking import log_sweep_summary
@@ -236,17 +241,21 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> str | None:
         )
 
 
+def print_errors(rows) -> None:
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        print(f"\n{len(failed)} trial(s) errored (after their retries); error.txt in each trial folder has the trace:")
+        for row in failed:
+            print(f"  trial {row['trial_id']}: {row['error']}")
+
+
 def print_summary(rows, best, metric: str, elapsed: float, tracking_uri: str, experiment: str) -> None:
     from hairseg_core.report import format_table
 
     shown = [{k: v for k, v in r.items() if k != "error"} for r in rows]
     print()
     print(format_table(shown, title=f"trials, best {metric} first"))
-    failed = [r for r in rows if r.get("error")]
-    if failed:
-        print(f"\n{len(failed)} trial(s) errored (after their retries); error.txt in each trial folder has the trace:")
-        for row in failed:
-            print(f"  trial {row['trial_id']}: {row['error']}")
+    print_errors(rows)
     print(f"\nbest trial {best.trial_id}: {metric} = {best.metrics.get(metric):.4f}")
     for key, value in sorted(best.config.items()):
         print(f"  {key}: {value}")

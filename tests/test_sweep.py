@@ -216,3 +216,19 @@ def test_sweep_with_final_stage_then_finalize_alone(ws: Workspace) -> None:
     assert "champion kept" in alone.stdout and "dry run" in alone.stdout.lower()
     assert len(client.search_model_versions("name='hairseg'")) == 1
     assert str(client.get_model_version_by_alias("hairseg", "champion").version) == "1"
+
+
+def test_sweep_where_every_trial_errors_fails_clearly(ws: Workspace) -> None:
+    raw = _merge(TINY_SPACE, {"num_samples": 2, "max_failures": 0, "fixed": {"epochs": 1}})
+    raw["params"] = {"lr_head": {"type": "categorical", "choices": [float("inf")]}}
+    space = ws.cwd / "doomed.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep = ws.run(["--space", str(space), "--quiet", "--num-cpus", "2"], timeout=300)
+    assert sweep.proc.returncode == 1, sweep.describe()
+    # Tune logs each trial's traceback as it happens; the sweep's own last word is one clear line
+    assert "error: every trial errored" in sweep.stderr.strip().splitlines()[-1]
+    assert "2 trial(s) errored" in sweep.stdout and "training loss became nan" in sweep.stdout
+    runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
+    assert runs.parents[0].info.status == "FAILED"
+    assert {r.info.status for r in runs.trials} == {"FAILED"}
+    assert not (ws.cwd / "exports").exists()
