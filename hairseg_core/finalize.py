@@ -46,6 +46,19 @@ class FinalizeResult:
     notes: list[str] = field(default_factory=list)
 
 
+def check_test_split(train_config: dict[str, Any], split: str) -> int:
+    """How many images the final stage will evaluate; raises when the split is missing or empty.
+
+    Run before a sweep starts: learning that the test split does not exist after hours of
+    training is too late.
+    """
+    cfg = TrainConfig(**train_config)
+    count = len(build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options))
+    if count == 0:
+        raise ValueError(f"split {split!r} of dataset {cfg.dataset!r} ({cfg.data_root}) has no images")
+    return count
+
+
 def load_test_split(train_config: dict[str, Any], split: str, max_images: int | None) -> MaterializedSplit:
     """The test images of the data the best trial trained on (raw, at their own resolution)."""
     cfg = TrainConfig(**train_config)

@@ -111,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: dataset {space.fixed.get('dataset')!r}: {exc}", file=sys.stderr)
         return 2
 
+    if not args.no_finalize and data is not None:  # same data for every trial: its test split is known now
+        from hairseg_core.finalize import check_test_split
+
+        split = space.finalize.test_split
+        try:
+            check_test_split(space.trial_config({}).model_dump(), split)
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            print(
+                f"\nerror: the final stage needs the {split!r} split: {exc}\n"
+                "  set finalize.test_split in the search space, or pass --no-finalize",
+                file=sys.stderr,
+            )
+            return 2
+
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: cheap resume

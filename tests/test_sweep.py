@@ -105,19 +105,34 @@ def test_invalid_space_exits_2_before_ray(ws: Workspace) -> None:
     assert not ws.storage.exists()
 
 
-def test_corrupt_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
+def _folder_space(ws: Workspace, splits: tuple[str, ...] = ("train",)) -> tuple[Path, Path]:
+    """A 6-image folder dataset (``splits``) and a tiny search space over it."""
     root = ws.cwd / "data"
-    for sub in ("images", "masks"):
-        (root / "train" / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for i in range(6):
-        cv2.imwrite(str(root / "train" / "images" / f"p{i}.png"), rng.integers(0, 256, (40, 40, 3), np.uint8))
-        cv2.imwrite(str(root / "train" / "masks" / f"p{i}.png"), np.where(rng.random((40, 40)) > 0.5, 255, 0))
-    (root / "train" / "images" / "p3.png").write_bytes(b"\x89PNG truncated by a failed copy")
+    for split in splits:
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(root / split / "images" / f"p{i}.png"), rng.integers(0, 256, (40, 40, 3), np.uint8))
+            cv2.imwrite(str(root / split / "masks" / f"p{i}.png"), np.where(rng.random((40, 40)) > 0.5, 255, 0))
     raw = _merge(TINY_SPACE, {"fixed": {"dataset": "folder", "data_root": str(root)}})
     raw["fixed"]["dataset_options"] = {"val_fraction": 0.34}
-    space = ws.cwd / "corrupt.yaml"
+    space = ws.cwd / "folder.yaml"
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root, space
+
+
+def test_missing_test_split_fails_before_ray_unless_no_finalize(ws: Workspace) -> None:
+    _, space = _folder_space(ws)
+    sweep = ws.run(["--space", str(space), "--quiet"], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert "the final stage needs the 'test' split" in sweep.stderr and "--no-finalize" in sweep.stderr
+    assert "Started a local Ray instance" not in sweep.stderr
+
+
+def test_corrupt_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
+    root, space = _folder_space(ws)
+    (root / "train" / "images" / "p3.png").write_bytes(b"\x89PNG truncated by a failed copy")
     sweep = ws.run(["--space", str(space), "--quiet"], timeout=120)
     assert sweep.proc.returncode == 2, sweep.describe()
     assert "p3.png" in sweep.stderr and "error: dataset 'folder'" in sweep.stderr
