@@ -378,8 +378,24 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw["fixed"]["epochs"] = value`` for key ``fixed.epochs``; intermediate mappings are created."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}={value!r}: {'.'.join(parents[: i + 1])} is not a mapping")
+        node = child
+    node[leaf] = value
+
+
 def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """Read and validate a search-space YAML; ``overrides`` replace top-level keys (e.g. num_samples)."""
+    """Read and validate a search-space YAML.
+
+    ``overrides`` replace keys before validation, so they are checked like the file: top-level
+    (``num_samples``) or dotted (``fixed.epochs``, ``scheduler.grace_period``).
+    """
     path = Path(path)
     if not path.is_file():
         available = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
@@ -393,7 +409,7 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         if value is not None:
-            raw[key] = value
+            _set_dotted(raw, key, value)
     fixed = raw.get("fixed")
     if isinstance(fixed, dict) and fixed.get("data_root"):
         fixed["data_root"] = _absolute(fixed["data_root"])

@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--num-samples", type=int, help="override the space's num_samples")
     p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the space before validation: a training setting (epochs=1 is fixed.epochs=1) or a "
+        "dotted key (scheduler.grace_period=1, finalize.max_test_images=4); e.g. a quick smoke run",
+    )
     p.add_argument("--experiment", help="MLflow experiment and Tune run prefix (default: hairseg-<space name>)")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray")
     p.add_argument("--storage", help="Tune storage: local path, s3://... or gs://... (default ./ray_results)")
@@ -73,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     storage = hs_tune.normalize_storage_path(args.storage)
     overrides = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent}
+    try:
+        overrides.update(parse_set(args.set))
+    except ValueError as exc:
+        print(f"error: --set: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.resume:
             space, experiment, name = resume_target(args, storage, overrides)
@@ -186,6 +199,20 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
 
 
+def parse_set(pairs: list[str]) -> dict[str, object]:
+    """``["epochs=1", "scheduler.grace_period=1"]`` → ``{"fixed.epochs": 1, "scheduler.grace_period": 1}``."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key if "." in key else f"fixed.{key}"] = yaml.safe_load(value)
+    return out
+
+
 def resume_hint(name: str, storage: str, args: argparse.Namespace) -> str:
     address = f" --address {args.address}" if args.address else ""
     tracking = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
@@ -208,6 +235,8 @@ def resume_target(args: argparse.Namespace, storage: str, overrides: dict) -> tu
     """
     from hairseg_core import tune as hs_tune
 
+    if args.set:
+        raise ResumeError("--set would change the settings of a sweep being resumed; it keeps the ones it started with")
     given = load_search_space(args.space, overrides) if args.space else None
     wanted = args.experiment or (f"hairseg-{given.name}" if given else None)
     name = args.run_name or hs_tune.latest_sweep(storage, wanted)

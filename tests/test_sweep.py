@@ -141,6 +141,18 @@ def test_corrupt_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
     assert not sweep_runs(ws.tracking_uri).parents, "no MLflow parent run for a sweep that never started"
 
 
+def test_set_overrides_are_validated_like_the_file(ws: Workspace) -> None:
+    space = ws.space()
+    bad = ws.run(["--space", str(space), "--set", "scheduler.grace_period=9"], timeout=120)
+    assert bad.proc.returncode == 2 and "scheduler.grace_period (9) exceeds epochs (3)" in bad.stderr
+    typo = ws.run(["--space", str(space), "--set", "lr_heads=0.1"], timeout=120)
+    assert typo.proc.returncode == 2 and "fixed.lr_heads: not a training setting" in typo.stderr
+    searched = ws.run(["--space", str(space), "--set", "lr_head=0.1"], timeout=120)
+    assert searched.proc.returncode == 2 and "params.lr_head: also set in 'fixed'" in searched.stderr
+    resumed = ws.run(["--resume", "--set", "epochs=1"], timeout=120)
+    assert resumed.proc.returncode == 2 and "--set would change the settings of a sweep being resumed" in resumed.stderr
+
+
 def test_unreachable_tracking_server_exits_2_before_any_trial(ws: Workspace) -> None:
     uri = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
     space = ws.space()
@@ -195,14 +207,10 @@ def test_crashing_trial_is_retried_then_errored_and_the_sweep_completes(ws: Work
 
 def test_sweep_with_final_stage_then_finalize_alone(ws: Workspace) -> None:
     """The main job end to end: trials, Table 5, exports, registry promotion; then the stage alone."""
-    space = ws.space(
-        {
-            "num_samples": 2,
-            "fixed": {"epochs": 2},
-            "finalize": {"max_test_images": 4, "export_size": 97},
-        }
-    )
-    sweep = ws.run(["--space", str(space), "--quiet", "--num-cpus", "2"], timeout=600)
+    space = ws.space({"num_samples": 2})
+    # --set: the space's own keys, checked like the file (bare keys are training settings)
+    overrides = ["--set", "epochs=2", "finalize.max_test_images=4", "finalize.export_size=97"]
+    sweep = ws.run(["--space", str(space), "--quiet", "--num-cpus", "2", *overrides], timeout=600)
     assert sweep.proc.returncode == 0, sweep.describe()
     out = sweep.stdout
     assert "post-processing on the test split (paper Table 5)" in out
