@@ -128,6 +128,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_validate_cluster(args: argparse.Namespace) -> int:
+    from hairseg_core.cluster_config import ClusterConfigError, validate_cluster_config
+
+    status = 0
+    for path in args.files:
+        try:
+            validate_cluster_config(path, require_filled=args.require_filled)
+            print(f"{path}: ok")
+        except ClusterConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            status = 2
+    return status
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "download":
         from hairseg_core.data.download import download_dataset
@@ -169,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate search-space YAML files without running anything")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "validate-cluster", help="check `ray up` configs / KubeRay RayJob manifests offline (Ray's schema + ours)"
+    )
+    p.add_argument("files", nargs="+")
+    p.add_argument(
+        "--require-filled", action="store_true", help="also reject REPLACE_ME placeholders (before `ray up`)"
+    )
+    p.set_defaults(func=cmd_validate_cluster)
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)

@@ -333,3 +333,19 @@ def head_container(job: dict[str, Any]) -> dict[str, Any]:
 def test_rayjob_mistakes(tmp_path: Path, change: Callable[[dict[str, Any]], Any], expected_prefix: str) -> None:
     problems = problems_of(mutated(tmp_path, RAYJOB, change))
     assert any(p.startswith(expected_prefix) for p in problems), problems
+
+
+def test_cli_validate_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hairseg_core import cli
+
+    assert cli.main(["validate-cluster", *map(str, SHIPPED)]) == 0
+    assert capsys.readouterr().out.count(": ok") == len(SHIPPED)
+
+    def unknown_head(config: dict[str, Any]) -> None:
+        config["head_node_type"] = "nope"
+
+    broken = mutated(tmp_path, AWS, unknown_head)
+    assert cli.main(["validate-cluster", str(broken)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli.main(["validate-cluster", "--require-filled", str(AWS)]) == 2
+    assert "REPLACE_ME" in capsys.readouterr().err
