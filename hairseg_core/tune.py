@@ -333,7 +333,7 @@ SWEEP_MANIFEST = "hairseg_sweep.json"
 
 
 def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None:
-    """The newest restorable sweep under ``storage_path`` (local, s3://, gs://).
+    """The newest restorable, unfinished sweep under ``storage_path`` (local, s3://, gs://).
 
     With ``experiment``, only that experiment's sweeps (``<experiment>-<timestamp>``) count;
     without, any folder that holds a hairseg sweep manifest.
@@ -354,6 +354,8 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
     # newest first: by modification time where the filesystem has it, then by the timestamped name
     folders.sort(key=lambda i: (i.mtime_ns or 0, i.base_name), reverse=True)
     for info in folders:
+        if (_read_manifest(storage_path, info.base_name) or {}).get("finished"):
+            continue  # every trial ended: nothing to resume
         if tune.Tuner.can_restore(_join(storage_path, info.base_name)):
             return info.base_name
     return None
@@ -363,22 +365,16 @@ def save_sweep_manifest(
     storage_path: str, name: str, experiment: str, space: SearchSpace, space_file: str | None
 ) -> None:
     """Record what a sweep runs beside Tune's state (same storage: survives a lost head node)."""
-    import pyarrow.fs
-
-    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
-    fs.create_dir(folder, recursive=True)
     payload = {
         "experiment": experiment,
         "space_file": space_file,
         "space": space.model_dump(mode="json"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
-    with fs.open_output_stream(f"{folder}/{SWEEP_MANIFEST}") as stream:
-        stream.write(json.dumps(payload, indent=2).encode())
+    _write_manifest(storage_path, name, payload)
 
 
-def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
-    """The manifest ``save_sweep_manifest`` wrote, or None (sweeps started before manifests existed)."""
+def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
     import pyarrow.fs
 
     fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
@@ -386,9 +382,33 @@ def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as stream:
-        payload = json.loads(stream.read().decode())
-    payload["space"] = search_space_from_dict(payload["space"], source=f"{_join(storage_path, name)}/{SWEEP_MANIFEST}")
+        return json.loads(stream.read().decode())
+
+
+def _write_manifest(storage_path: str, name: str, payload: dict[str, Any]) -> None:
+    import pyarrow.fs
+
+    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(f"{folder}/{SWEEP_MANIFEST}") as stream:
+        stream.write(json.dumps(payload, indent=2).encode())
+
+
+def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
+    """The manifest ``save_sweep_manifest`` wrote, or None (sweeps started before manifests existed)."""
+    payload = _read_manifest(storage_path, name)
+    if payload is not None:
+        source = f"{_join(storage_path, name)}/{SWEEP_MANIFEST}"
+        payload["space"] = search_space_from_dict(payload["space"], source=source)
     return payload
+
+
+def mark_sweep_finished(storage_path: str, name: str) -> None:
+    """Every trial ran to its end: ``--resume`` has nothing left to do for this sweep."""
+    payload = _read_manifest(storage_path, name)
+    if payload is not None:
+        payload["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        _write_manifest(storage_path, name, payload)
 
 
 def _join(storage_path: str, name: str) -> str:

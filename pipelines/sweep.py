@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as exc:
         print(f"error: --resume: {exc}", file=sys.stderr)
         return 2
+    except SweepFinished as done:
+        print(done)
+        return 0
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         check_tracking(tracking_uri)
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
             print(resume_hint(name, storage, args), file=sys.stderr)
             return 130
+        if results.num_terminated == space.num_samples:
+            hs_tune.mark_sweep_finished(storage, name)  # errored trials keep it resumable (retried)
         rows = hs_tune.results_rows(results, space)
         if results.num_terminated == 0:
             print_errors(rows)
@@ -226,6 +231,10 @@ class ResumeError(Exception):
     """``--resume`` cannot find the sweep, or was given settings that contradict it."""
 
 
+class SweepFinished(Exception):
+    """``--resume`` named a sweep whose trials all ended: not an error, nothing to do."""
+
+
 def resume_target(args: argparse.Namespace, storage: str, overrides: dict) -> tuple[SearchSpace, str, str]:
     """(search space, MLflow experiment, Tune run name) of the sweep ``--resume`` continues.
 
@@ -242,11 +251,16 @@ def resume_target(args: argparse.Namespace, storage: str, overrides: dict) -> tu
     name = args.run_name or hs_tune.latest_sweep(storage, wanted)
     if name is None:
         which = f"of experiment {wanted!r} " if wanted else ""
-        raise ResumeError(f"no restorable sweep {which}under {storage} (pass --run-name and --storage)")
+        raise ResumeError(f"no unfinished restorable sweep {which}under {storage} (pass --run-name and --storage)")
     manifest = hs_tune.load_sweep_manifest(storage, name)
     if manifest is None:  # a sweep without a manifest: trust the command line
         space = given or load_search_space(DEFAULT_SPACE, overrides)
         return space, args.experiment or f"hairseg-{space.name}", name
+    if manifest.get("finished"):
+        raise SweepFinished(
+            f"sweep {name} already finished ({manifest['finished']}): every trial ran to its end, nothing to "
+            f"resume. Redo its final stage with: python pipelines/finalize.py --experiment {manifest['experiment']}"
+        )
     stored: SearchSpace = manifest["space"]
     if given is not None:
         ignore = {"num_samples", "max_concurrent_trials"}

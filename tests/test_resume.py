@@ -108,7 +108,7 @@ def test_resume_without_a_sweep_fails_clearly(ws: Workspace) -> None:
     space = ws.space()
     sweep = ws.run(["--space", str(space), "--resume", "--no-finalize", "--quiet"], timeout=120)
     assert sweep.proc.returncode == 2, sweep.describe()
-    assert "no restorable sweep of experiment 'hairseg-tiny'" in sweep.stderr
+    assert "no unfinished restorable sweep of experiment 'hairseg-tiny'" in sweep.stderr
     assert str(ws.storage) in sweep.stderr
 
 

@@ -94,6 +94,13 @@ def test_sweep_end_to_end(ws: Workspace) -> None:
     for plot in ("param_importances", "parallel_coordinate"):  # drawn, or the reason it was not
         assert {f"plots/{plot}.png", f"plots/{plot}.txt"} & artifacts
 
+    # Every trial ended: --resume of this sweep has nothing to do (and says so, before Ray starts).
+    again = ws.run(["--resume", "--run-name", ws.sweep_dir().name, "--quiet"], timeout=120, log_name="again")
+    assert again.proc.returncode == 0, again.describe()
+    assert "already finished" in again.stdout and "Started a local Ray instance" not in again.stderr
+    newest = ws.run(["--resume", "--space", str(space), "--quiet"], timeout=120, log_name="newest")
+    assert newest.proc.returncode == 2 and "no unfinished restorable sweep" in newest.stderr
+
 
 def test_invalid_space_exits_2_before_ray(ws: Workspace) -> None:
     space = ws.space({"params": {"lr_headd": {"type": "float", "low": 1e-4, "high": 1e-2}}})
