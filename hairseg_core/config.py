@@ -247,6 +247,17 @@ class FinalizeSettings(_Strict):
     matting: dict[str, Any] = Field(default_factory=lambda: {"method": "mishima", "trimap_width": 10})
     registered_model: str = "hairseg"
 
+    @model_validator(mode="after")
+    def _postprocessors_build(self) -> FinalizeSettings:
+        """A bad CRF or matting setting would only surface after the whole sweep has trained."""
+        from hairseg_core.postprocess.pipeline import build_table5_variants
+
+        try:
+            build_table5_variants(self.crf, self.matting)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"crf / matting settings: {exc}") from None
+        return self
+
 
 #: Settings that only matter when another one is on: searching them otherwise is a silent no-op.
 INERT_UNLESS: dict[str, tuple[str, set[Any]]] = {

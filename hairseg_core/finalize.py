@@ -27,12 +27,12 @@ from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
 from hairseg_core.metrics import SegmentationMetrics
-from hairseg_core.postprocess import build_postprocessor
+from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS, build_table5_variants
 from hairseg_core.report import format_table
 from hairseg_core.train import model_from_checkpoint
 from hairseg_core.visualize import overlay
 
-POSTPROCESS_VARIANTS = ("baseline", "crf", "matting", "crf+matting")
+POSTPROCESS_VARIANTS = TABLE5_VARIANTS
 TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
 
 
@@ -75,14 +75,7 @@ def postprocessing_table(
 
     The network runs once per image; each variant's time is the network's plus its own.
     """
-    processors = {}
-    for name in POSTPROCESS_VARIANTS:
-        params: dict[str, Any] = {}
-        if "crf" in name:
-            params.update(settings.crf)
-        if "matting" in name:
-            params.update(settings.matting)
-        processors[name] = build_postprocessor(name, **params)
+    processors = build_table5_variants(settings.crf, settings.matting)
     metrics = {name: SegmentationMetrics(num_classes=2) for name in processors}
     seconds = dict.fromkeys(processors, 0.0)
     panels = []

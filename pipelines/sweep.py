@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_finalize:
             from finalize import finalize_sweep  # pipelines/finalize.py, beside this file
 
-            status = finalize_sweep(best=best, space=space, tracker=tracker, parent_run_id=parent, sweep=name)
+            try:
+                status = finalize_sweep(best=best, space=space, tracker=tracker, parent_run_id=parent, sweep=name)
+            except Exception as exc:  # the trials are safe; only this stage has to run again
+                traceback.print_exc()
+                print(
+                    f"\nerror: the final stage failed ({type(exc).__name__}: {exc}). The sweep's trials are "
+                    f"complete and recorded; after fixing the cause run\n"
+                    f"  python pipelines/finalize.py --run-id {parent}",
+                    file=sys.stderr,
+                )
+                status = 1
         tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
         return status
     except KeyboardInterrupt:

@@ -72,6 +72,8 @@ def test_paper_space_covers_the_paper_study() -> None:
         (lambda d: d.update(scheduler={"max_t": 7}), "must equal fixed.epochs"),
         (lambda d: d["params"].update(epochs={"type": "int", "low": 1, "high": 5}), "epochs must be fixed"),
         (lambda d: d.update(resources={"cpu": 1, "gpu": 1.5}), "whole number"),
+        (lambda d: d.update(finalize={"crf": {"iterations": 0}}), "DenseCRF.iterations must be >= 1"),
+        (lambda d: d.update(finalize={"matting": {"method": "bayes"}}), "unknown matting method 'bayes'"),
         (
             lambda d: d["fixed"].update(dataset="folder", data_root="/data", dataset_options={"n_train": 5}),
             "dataset_options: n_train not an option of dataset 'folder'",

@@ -113,3 +113,20 @@ def _crf_matting(
 def build_postprocessor(name: str, **params: Any) -> PostProcessor:
     """``build_postprocessor("crf+matting", iterations=10, method="closed_form", trimap_width=15)``."""
     return POSTPROCESSORS.build(name, **params)
+
+
+#: The rows of the paper's Table 5, in order.
+TABLE5_VARIANTS = ("baseline", "crf", "matting", "crf+matting")
+
+
+def build_table5_variants(crf: dict[str, Any], matting: dict[str, Any]) -> dict[str, PostProcessor]:
+    """Each Table 5 variant with its stage settings (CRF settings to the CRF stages, matting to matting)."""
+    processors = {}
+    for name in TABLE5_VARIANTS:
+        params: dict[str, Any] = {}
+        if "crf" in name:
+            params.update(crf)
+        if "matting" in name:
+            params.update(matting)
+        processors[name] = build_postprocessor(name, **params)
+    return processors
