@@ -55,10 +55,9 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     path = Path(path)
     if not path.exists() and not str(path).startswith("models:/"):
         raise FileNotFoundError(f"{path}: model not found (expected a checkpoint .pt, .onnx, .ts or export dir)")
-    is_training_checkpoint = path.is_dir() and (path / "checkpoint.pt").is_file()
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        return ModelPredictor.from_checkpoint(path, device)
     if path.suffix in {".pt", ".pth", ".ckpt"} and not _is_export_checkpoint(path):
-        is_training_checkpoint = True
-    if is_training_checkpoint:
         return ModelPredictor.from_checkpoint(path, device)
     from hairseg_core.inference import load_predictor as load_exported
 

@@ -27,12 +27,11 @@ from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
 from hairseg_core.metrics import SegmentationMetrics
-from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS, build_table5_variants
+from hairseg_core.postprocess.pipeline import build_table5_variants
 from hairseg_core.report import format_table
 from hairseg_core.train import model_from_checkpoint
 from hairseg_core.visualize import overlay
 
-POSTPROCESS_VARIANTS = TABLE5_VARIANTS
 TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
 
 
@@ -46,23 +45,28 @@ class FinalizeResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _split_dataset(train_config: dict[str, Any], split: str) -> Any:
+    """``split`` of the data a trial with ``train_config`` trained on (raw samples, no transform)."""
+    cfg = TrainConfig(**train_config)
+    return build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options)
+
+
 def check_test_split(train_config: dict[str, Any], split: str) -> int:
     """How many images the final stage will evaluate; raises when the split is missing or empty.
 
     Run before a sweep starts: learning that the test split does not exist after hours of
     training is too late.
     """
-    cfg = TrainConfig(**train_config)
-    count = len(build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options))
+    count = len(_split_dataset(train_config, split))
     if count == 0:
+        cfg = TrainConfig(**train_config)
         raise ValueError(f"split {split!r} of dataset {cfg.dataset!r} ({cfg.data_root}) has no images")
     return count
 
 
 def load_test_split(train_config: dict[str, Any], split: str, max_images: int | None) -> MaterializedSplit:
     """The test images of the data the best trial trained on (raw, at their own resolution)."""
-    cfg = TrainConfig(**train_config)
-    dataset = build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options)
+    dataset = _split_dataset(train_config, split)
     if max_images is not None and len(dataset) > max_images:
         dataset = [dataset[i] for i in range(max_images)]
     return MaterializedSplit.from_dataset(dataset, desc=f"loading {split}")

@@ -348,13 +348,13 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
     folders = [i for i in infos if i.type == pyarrow.fs.FileType.Directory]
     if experiment is not None:
         folders = [i for i in folders if i.base_name.startswith(experiment + "-")]
-    else:
-        manifests = fs.get_file_info([f"{i.path}/{SWEEP_MANIFEST}" for i in folders])
-        folders = [i for i, m in zip(folders, manifests, strict=True) if m.type == pyarrow.fs.FileType.File]
     # newest first: by modification time where the filesystem has it, then by the timestamped name
     folders.sort(key=lambda i: (i.mtime_ns or 0, i.base_name), reverse=True)
     for info in folders:
-        if (_read_manifest(storage_path, info.base_name) or {}).get("finished"):
+        manifest = _read_manifest(storage_path, info.base_name)
+        if manifest is None and experiment is None:
+            continue  # not a hairseg sweep
+        if (manifest or {}).get("finished"):
             continue  # every trial ended: nothing to resume
         if tune.Tuner.can_restore(_join(storage_path, info.base_name)):
             return info.base_name
@@ -374,10 +374,17 @@ def save_sweep_manifest(
     _write_manifest(storage_path, name, payload)
 
 
+def _manifest_location(storage_path: str, name: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, sweep folder) for local paths, s3:// and gs:// alike."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+
+
 def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
     import pyarrow.fs
 
-    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+    fs, folder = _manifest_location(storage_path, name)
     path = f"{folder}/{SWEEP_MANIFEST}"
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
@@ -386,9 +393,7 @@ def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
 
 
 def _write_manifest(storage_path: str, name: str, payload: dict[str, Any]) -> None:
-    import pyarrow.fs
-
-    fs, folder = pyarrow.fs.FileSystem.from_uri(_join(storage_path, name))
+    fs, folder = _manifest_location(storage_path, name)
     fs.create_dir(folder, recursive=True)
     with fs.open_output_stream(f"{folder}/{SWEEP_MANIFEST}") as stream:
         stream.write(json.dumps(payload, indent=2).encode())

@@ -28,10 +28,13 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 import yaml
+
+if TYPE_CHECKING:
+    from hairseg_core.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = REPO / "pipelines" / "sweep.py"
@@ -92,6 +95,31 @@ def write_space(path: Path, overrides: Mapping[str, Any] | None = None) -> Path:
     """Write TINY_SPACE, with nested ``overrides`` merged in, as a search-space YAML."""
     path.write_text(yaml.safe_dump(_merge(TINY_SPACE, overrides or {}), sort_keys=False))
     return path
+
+
+def tiny_train_config(tmp_path: Path, **overrides: Any) -> TrainConfig:
+    """A single-run config whose epochs take about a second: 16 synthetic 97-px images, 65-px crops."""
+    from hairseg_core.config import TrainConfig
+
+    settings = {
+        "dataset": "synthetic",
+        "data_root": str(tmp_path / "cache"),
+        "dataset_options": {"size": 97, "n_train": 16, "n_val": 8, "n_test": 4},
+        "backbone": "mobilenet_v2",
+        "aspp_channels": 16,
+        "decoder_channels": 16,
+        "crop_size": 65,
+        "base_size": 65,
+        "batch_size": 4,
+        "epochs": 3,
+        "max_steps_per_epoch": 3,
+        "num_workers": 0,
+        "lr_backbone": 1e-3,
+        "lr_head": 3e-3,
+        "seed": 7,
+        **overrides,
+    }
+    return TrainConfig(**settings)
 
 
 # ----------------------------------------------------------------------------- processes

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from sweep_helpers import tiny_train_config
 
 from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
-from hairseg_core.finalize import POSTPROCESS_VARIANTS, decide_promotion, finalize, load_test_split
+from hairseg_core.finalize import decide_promotion, finalize, load_test_split
+from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS
 from hairseg_core.tracking import Tracker, resolve_model_uri
 from hairseg_core.train import Trainer
 
@@ -18,20 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _config(tmp_path: Path, **overrides) -> TrainConfig:
-    settings = {
-        "dataset": "synthetic",
-        "data_root": str(tmp_path / "cache"),
-        "dataset_options": {"size": 97, "n_train": 16, "n_val": 8, "n_test": 4},
-        "aspp_channels": 16,
-        "decoder_channels": 16,
-        "crop_size": 65,
-        "base_size": 65,
-        "batch_size": 4,
-        "epochs": 1,
-        "max_steps_per_epoch": 1,
-        "num_workers": 0,
-    }
-    return TrainConfig(**{**settings, **overrides})
+    return tiny_train_config(tmp_path, **{"epochs": 1, "max_steps_per_epoch": 1, **overrides})
 
 
 def _checkpoint(tmp_path: Path, name: str, hair_bias: float, cfg: TrainConfig | None = None) -> Path:
@@ -73,7 +62,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     assert first.decision["promote"] and first.model_version == "1"
     assert str(tracker.champion("hairseg").version) == "1"
     # Table 5: four variants with every metric and a time per image; exports on disk
-    assert [row["method"] for row in first.table] == list(POSTPROCESS_VARIANTS)
+    assert [row["method"] for row in first.table] == list(TABLE5_VARIANTS)
     for row in first.table:
         assert set(row) >= {"acc", "acc_class", "miou", "fwiou", "boundary_f", "ms_per_image"}
         assert row["ms_per_image"] > 0

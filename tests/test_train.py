@@ -9,40 +9,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sweep_helpers import tiny_train_config
 
 from hairseg_core import cli
-from hairseg_core.config import TrainConfig
 from hairseg_core.train import CheckpointError, Trainer, load_checkpoint, load_trial_data, model_from_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
-    settings = {
-        "dataset": "synthetic",
-        "data_root": str(tmp_path / "cache"),
-        "dataset_options": {"size": 97, "n_train": 16, "n_val": 8, "n_test": 4},
-        "backbone": "mobilenet_v2",
-        "aspp_channels": 16,
-        "decoder_channels": 16,
-        "crop_size": 65,
-        "base_size": 65,
-        "batch_size": 4,
-        "epochs": 3,
-        "max_steps_per_epoch": 3,
-        "num_workers": 0,
-        "lr_backbone": 1e-3,
-        "lr_head": 3e-3,
-        "seed": 7,
-        **overrides,
-    }
-    return TrainConfig(**settings)
-
-
 def test_resume_continues_identically(tmp_path: Path) -> None:
     """Epoch 3 after a save/restore at epoch 2 equals epoch 3 of an uninterrupted run."""
     torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
-    cfg = tiny_config(
+    cfg = tiny_train_config(
         tmp_path, rsc=True, blur=True, mixup=True, mixup_alpha=0.4, loss="focal", gc_weight=0.5, precise_bn_batches=2
     )
     data = load_trial_data(cfg)
@@ -71,7 +49,7 @@ def test_resume_continues_identically(tmp_path: Path) -> None:
 
 def test_training_reduces_loss(tmp_path: Path) -> None:
     """A few dozen steps lower both training and validation loss (the mIoU check is the slow test)."""
-    cfg = tiny_config(tmp_path, epochs=4, max_steps_per_epoch=4, lr_backbone=5e-3, lr_head=1e-2)
+    cfg = tiny_train_config(tmp_path, epochs=4, max_steps_per_epoch=4, lr_backbone=5e-3, lr_head=1e-2)
     history = list(Trainer(cfg).fit())
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
@@ -81,7 +59,7 @@ def test_training_reduces_loss(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_training_beats_constant_predictor(tmp_path: Path) -> None:
     """The default sweep's setting clearly beats predicting 'background' everywhere (mIoU)."""
-    cfg = tiny_config(
+    cfg = tiny_train_config(
         tmp_path,
         dataset_options={"size": 129, "n_train": 160, "n_val": 24, "n_test": 4},
         crop_size=129,
@@ -105,7 +83,7 @@ def test_training_beats_constant_predictor(tmp_path: Path) -> None:
 def test_precise_bn_sets_running_stats_to_the_average_batch_statistics(tmp_path: Path) -> None:
     """Recalibration replaces stale running stats with the exact average of the batches' own statistics."""
     torch.manual_seed(0)
-    trainer = Trainer(tiny_config(tmp_path, batch_size=4, precise_bn_batches=2))
+    trainer = Trainer(tiny_train_config(tmp_path, batch_size=4, precise_bn_batches=2))
     norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:  # stale statistics, as after a short run from scratch
         m.running_mean.fill_(5.0)
@@ -127,7 +105,7 @@ def test_precise_bn_sets_running_stats_to_the_average_batch_statistics(tmp_path:
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, epochs=1)
+    cfg = tiny_train_config(tmp_path, epochs=1)
     trainer = Trainer(cfg)
     trainer.run_epoch()
     trainer.extra["mlflow_run_id"] = "abc"
@@ -148,18 +126,18 @@ def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match="not a hairseg checkpoint"):
         load_checkpoint(foreign)
-    other = Trainer(tiny_config(tmp_path, epochs=1, lr_head=1e-2))
+    other = Trainer(tiny_train_config(tmp_path, epochs=1, lr_head=1e-2))
     with pytest.raises(CheckpointError, match="lr_head"):
         other.load_state_dict(state)
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size 64 exceeds the 16 training images"):
-        Trainer(tiny_config(tmp_path, batch_size=64))
+        Trainer(tiny_train_config(tmp_path, batch_size=64))
 
 
 def test_cli_train_resume_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = tiny_config(tmp_path, epochs=2)
+    cfg = tiny_train_config(tmp_path, epochs=2)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump()))
     out = tmp_path / "run"
