@@ -24,17 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.train._internal.session import _TrainingResult  # what Trainable.restore receives
 from ray.tune import Callback, Checkpoint
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig, search_space_from_dict
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
-from hairseg_core.train import CHECKPOINT_FILE, Trainer, TrialData, load_trial_data
+from hairseg_core.train import CHECKPOINT_FILE, CheckpointError, Trainer, TrialData, load_checkpoint, load_trial_data
 from hairseg_core.visualize import prediction_panel
+
+logger = logging.getLogger(__name__)
 
 #: Optuna names a backbone-dependent choice ``batch_size@resnet101``: a categorical's choices
 #: may not change between trials under one name, so each parent value gets its own name.
@@ -163,6 +168,79 @@ def _trial_resources() -> int:
         return 1
 
 
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def _holds_checkpoint_file(checkpoint: Checkpoint) -> bool:
+    """Whether ``checkpoint`` still holds its model file (a deletion may have been cut short)."""
+    info = checkpoint.filesystem.get_file_info(f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}")
+    return info.type == pyarrow.fs.FileType.File
+
+
+def surviving_checkpoint(missing: Checkpoint) -> tuple[Checkpoint, int] | None:
+    """The newest readable checkpoint its trial wrote before ``missing``, with its epoch; else None.
+
+    Checkpoint folders are numbered in the order a trial reports them, so a lower number was
+    written earlier, fully (a trial persists a checkpoint before reporting it).
+    """
+    parent, _, name = missing.path.rstrip("/").rpartition("/")
+    number = _CHECKPOINT_DIR.match(name)
+    if number is None:
+        return None
+    selector = pyarrow.fs.FileSelector(parent, allow_not_found=True)
+    earlier = []
+    for info in missing.filesystem.get_file_info(selector):
+        found = _CHECKPOINT_DIR.match(info.base_name)
+        if found and info.type == pyarrow.fs.FileType.Directory and int(found.group(1)) < int(number.group(1)):
+            earlier.append((int(found.group(1)), info.path))
+    for _, path in sorted(earlier, reverse=True):
+        candidate = Checkpoint(path, filesystem=missing.filesystem)
+        if not _holds_checkpoint_file(candidate):
+            continue
+        try:
+            with candidate.as_directory() as local:
+                epoch = int(load_checkpoint(local)["epoch"])
+        except (CheckpointError, OSError) as exc:
+            logger.warning("skipping unreadable checkpoint %s: %s", path, exc)
+            continue
+        return candidate, epoch
+    return None
+
+
+class RestoreFromSurvivingCheckpoint:
+    """Trainable mixin: when Tune's checkpoint of a trial is gone, continue from an earlier one.
+
+    Tune deletes a trial's checkpoints beyond ``num_to_keep`` (keeping the best by the metric,
+    and the newest) as soon as a new one arrives, but writes its experiment state only every
+    few seconds. A driver killed in between (OOM, preemption, a closed laptop) leaves a state
+    that names a deleted checkpoint, and Tune's own restore then fails the trial on every retry:
+    ``--resume`` would end an unfinished trial ERROR. Any earlier checkpoint is a consistent
+    point to continue from: the epochs after it are trained again and reported with the same
+    iteration numbers, as when Tune's state merely predates a trial's last epochs. With no
+    earlier checkpoint the trial starts over.
+    """
+
+    def restore(self, checkpoint_path: Any) -> Any:
+        result = checkpoint_path
+        if isinstance(result, _TrainingResult) and not _holds_checkpoint_file(result.checkpoint):
+            fallback = surviving_checkpoint(result.checkpoint)
+            if fallback is None:
+                logger.warning(
+                    "checkpoint %s of this trial no longer exists and no earlier one does: the trial starts over",
+                    result.checkpoint.path,
+                )
+                return None
+            checkpoint, epoch = fallback
+            logger.warning(
+                "checkpoint %s of this trial no longer exists: continuing from %s (epoch %d)",
+                result.checkpoint.path,
+                checkpoint.path,
+                epoch,
+            )
+            result = _TrainingResult(checkpoint=checkpoint, metrics={TRAINING_ITERATION: epoch})
+        return super().restore(result)  # type: ignore[misc]
+
+
 def run_trial(
     config: dict[str, Any], fixed: dict[str, Any], tracking: TrackingSettings, data: TrialData | None = None
 ) -> None:
@@ -233,6 +311,10 @@ def run_trial(
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+#: Tune builds the trial's Trainable class from the function; ``tune.with_parameters`` keeps this.
+run_trial.__mixins__ = (RestoreFromSurvivingCheckpoint,)  # type: ignore[attr-defined]
 
 
 def _epochs_if_ended(tracker: Tracker, run_id: str) -> int | None:
@@ -479,12 +561,43 @@ class BestTrial:
     mlflow_run_id: str | None
 
 
+@dataclass(frozen=True)
+class SweepProgress:
+    """How many of a sweep's trials ended, and how.
+
+    Tune's own counts cannot tell a stop signal from a finished sweep: on Ctrl-C it saves its
+    state, then marks the trials that were still running TERMINATED while stopping their
+    actors. A trial that really ended has ``done`` in its last result (its function returned
+    or ASHA stopped it) or an error; anything else is unfinished, as are trials never started.
+    """
+
+    completed: int
+    errored: int
+    unfinished: int
+
+    @property
+    def ended(self) -> int:
+        return self.completed + self.errored
+
+
+def sweep_progress(results: tune.ResultGrid, num_samples: int) -> SweepProgress:
+    """Count completed / errored / unfinished trials of a sweep of ``num_samples`` trials."""
+    completed = errored = 0
+    for result in results:
+        if result.error is not None:
+            errored += 1
+        elif (result.metrics or {}).get("done") is True:
+            completed += 1
+    return SweepProgress(completed, errored, max(0, num_samples - completed - errored))
+
+
 def best_trial(results: tune.ResultGrid, space: SearchSpace) -> BestTrial:
     """The best trial by the space's metric, over each trial's best epoch, with its best checkpoint."""
     best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     if best is None or best.metrics is None:
         raise RuntimeError("the sweep produced no successful trial: see the errors above")
-    ckpts = [(c, m) for c, m in best.best_checkpoints if space.metric in m]
+    # A checkpoint Tune lists may be gone (see RestoreFromSurvivingCheckpoint): only files that exist.
+    ckpts = [(c, m) for c, m in best.best_checkpoints if space.metric in m and _holds_checkpoint_file(c)]
     if not ckpts:
         raise RuntimeError(f"trial {best.metrics.get('trial_id')} kept no checkpoint")
     sign = 1 if space.mode == "max" else -1

@@ -169,18 +169,18 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started
-        ended = results.num_terminated + results.num_errors
-        if ended < space.num_samples:
+        progress = hs_tune.sweep_progress(results, space.num_samples)
+        if progress.unfinished:
             # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the
             # sweep is not over, so it must be neither summarised as done nor finalized.
             tracker.end_run(parent, "KILLED")
-            print(f"\n{ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
+            print(f"\n{progress.ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
             print(resume_hint(name, storage, args), file=sys.stderr)
             return 130
-        if results.num_terminated == space.num_samples:
+        if progress.completed == space.num_samples:
             hs_tune.mark_sweep_finished(storage, name)  # errored trials keep it resumable (retried)
         rows = hs_tune.results_rows(results, space)
-        if results.num_terminated == 0:
+        if progress.completed == 0:
             print_errors(rows)
             tracker.end_run(parent, "FAILED")
             print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+from pathlib import Path
 
 from mlflow import MlflowClient
 from sweep_helpers import (
@@ -40,13 +42,22 @@ def _parent_id(stdout: str) -> str:
 
 
 def _wait_for_finished_and_running(ws: Workspace, sweep: SweepProcess) -> None:
-    """Until a trial has just ended (its run is closed) while another one is training."""
+    """Until a trial has just ended (its run is closed) while another one is training.
+
+    "Training" means its run is open *and* it has at least two epochs left: a run still open
+    after its last epoch may be closed by the driver before the signal lands, and then no
+    trial would be caught mid-training.
+    """
 
     def finished_and_running() -> bool:
         if sweep.proc.poll() is not None:
             raise AssertionError(f"the sweep ended before it could be interrupted: {sweep.describe()}")
-        status = [r.info.status for r in sweep_runs(ws.tracking_uri).trials]
-        return "FINISHED" in status and "RUNNING" in status
+        runs = sweep_runs(ws.tracking_uri)
+        finished = any(r.info.status == "FINISHED" for r in runs.trials)
+        training = any(
+            r.info.status == "RUNNING" and len(runs.history(r.info.run_id)) <= EPOCHS - 2 for r in runs.trials
+        )
+        return finished and training
 
     wait_until(finished_and_running, 240, "one finished trial and one running trial", interval=0.2)
 
@@ -151,3 +162,89 @@ def test_ctrl_c_stops_without_finalizing_and_resume_completes(ws: Workspace) -> 
     after = sweep_runs(ws.tracking_uri)
     check_sweep_accounted(after, tune_results(ws.sweep_dir()), NUM_SAMPLES, EPOCHS)
     assert after.parents[0].info.status == "FINISHED"
+
+
+def test_surviving_checkpoint_is_the_newest_complete_earlier_one(tmp_path) -> None:
+    """Unit level: numbering decides "earlier"; a folder whose file is gone (deletion cut short) is skipped."""
+    from ray.tune import Checkpoint
+    from sweep_helpers import tiny_train_config
+
+    from hairseg_core.train import CHECKPOINT_FILE, Trainer
+    from hairseg_core.tune import surviving_checkpoint
+
+    trainer = Trainer(tiny_train_config(tmp_path))
+    trial = tmp_path / "trial_x"
+    for index in (0, 1, 2, 4):
+        trainer.epoch = index + 1
+        trainer.save_checkpoint(trial / f"checkpoint_{index:06d}" / CHECKPOINT_FILE)
+    (trial / "checkpoint_000002" / CHECKPOINT_FILE).unlink()
+
+    found = surviving_checkpoint(Checkpoint(str(trial / "checkpoint_000003")))
+    assert found is not None
+    checkpoint, epoch = found
+    assert (Path(checkpoint.path).name, epoch) == ("checkpoint_000001", 2)
+
+    assert surviving_checkpoint(Checkpoint(str(trial / "checkpoint_000000"))) is None
+    assert surviving_checkpoint(Checkpoint(str(tmp_path / "elsewhere" / "checkpoint_000005"))) is None
+
+
+def test_resume_when_the_checkpoint_tune_recorded_was_deleted(ws: Workspace) -> None:
+    """Tune deletes checkpoints beyond keep_checkpoints at once but saves its state every few
+    seconds: a driver killed in between leaves a state naming a deleted checkpoint, and Tune's
+    own restore then errors the trial on every retry. Resume must continue such a trial from
+    its newest earlier checkpoint, or from scratch when it has none, and finish the sweep.
+
+    The state is made that way on purpose: a Ctrl-C'd sweep (state saved with both trials
+    mid-training), then one trial loses the checkpoint Tune recorded, the other every one.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    from hairseg_core.train import load_checkpoint
+
+    epochs = 6
+    space = ws.space(
+        {
+            "num_samples": 2,
+            "max_concurrent_trials": 2,
+            "fixed": {"epochs": epochs},
+            "scheduler": {"type": "fifo"},
+            "keep_checkpoints": 2,
+        }
+    )
+    first = ws.start(["--space", str(space), "--no-finalize", "--num-cpus", "2", "--quiet"], "first")
+
+    def both_mid_training() -> bool:
+        # Counted in Tune's result files, which the driver writes as it registers each checkpoint
+        # (MLflow gets an epoch earlier, from the trial): the state saved at Ctrl-C then holds two.
+        if first.proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before it could be interrupted: {first.describe()}")
+        sweeps = [p for p in ws.storage.iterdir() if p.is_dir()] if ws.storage.is_dir() else []
+        try:
+            done = [len(rows) for rows in tune_results(sweeps[0]).values()] if sweeps else []
+        except ValueError:  # a result line caught half-written
+            return False
+        return len(done) == 2 and all(2 <= n <= epochs - 2 for n in done)
+
+    wait_until(both_mid_training, 240, "both trials with 2 to 4 epochs done", interval=0.2)
+    os.killpg(first.proc.pid, signal.SIGINT)
+    assert first.wait(180) == 130, first.describe()
+
+    trials = sorted(ExperimentAnalysis(str(ws.sweep_dir())).trials, key=lambda t: t.trial_id)
+    assert len(trials) == 2 and all(t.checkpoint is not None for t in trials), trials
+    partly, wholly = trials
+    lost = Path(partly.checkpoint.path)
+    earlier = [p for p in lost.parent.glob("checkpoint_*") if p.name < lost.name]
+    assert earlier, f"keep_checkpoints 2 should have kept a checkpoint before {lost}"
+    expected_epoch = load_checkpoint(max(earlier))["epoch"]
+    shutil.rmtree(lost)
+    for folder in Path(wholly.checkpoint.path).parent.glob("checkpoint_*"):
+        shutil.rmtree(folder)
+
+    second = ws.run(["--resume", "--no-finalize", "--num-cpus", "2", "--quiet"], timeout=300, log_name="resume")
+    assert second.proc.returncode == 0, second.describe()
+    after = sweep_runs(ws.tracking_uri)
+    check_sweep_accounted(after, tune_results(ws.sweep_dir()), 2, epochs)
+    by_trial = after.by_trial()
+    assert by_trial[partly.trial_id].data.tags["hairseg.restored_from_epoch"] == str(expected_epoch)
+    assert by_trial[wholly.trial_id].data.tags["hairseg.restored_from_epoch"] == "0"
+    assert all(int(run.data.tags["hairseg.epochs_run"]) == epochs for run in after.trials)
