@@ -187,11 +187,12 @@ def surviving_checkpoint(missing: Checkpoint) -> tuple[Checkpoint, int] | None:
     number = _CHECKPOINT_DIR.match(name)
     if number is None:
         return None
+    missing_index = int(number.group(1))
     selector = pyarrow.fs.FileSelector(parent, allow_not_found=True)
     earlier = []
     for info in missing.filesystem.get_file_info(selector):
         found = _CHECKPOINT_DIR.match(info.base_name)
-        if found and info.type == pyarrow.fs.FileType.Directory and int(found.group(1)) < int(number.group(1)):
+        if found and info.type == pyarrow.fs.FileType.Directory and int(found.group(1)) < missing_index:
             earlier.append((int(found.group(1)), info.path))
     for _, path in sorted(earlier, reverse=True):
         candidate = Checkpoint(path, filesystem=missing.filesystem)
