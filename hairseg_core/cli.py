@@ -8,6 +8,8 @@ library calls. The sweep itself is ``python pipelines/sweep.py``.
     hairseg validate search_spaces/paper.yaml
     hairseg data download figaro1k --dest ~/data
     hairseg data synthetic [--root DIR]
+    hairseg weights fetch [BACKBONE ...] [--space search_spaces/paper.yaml] [--mirror URL] [--offline]
+    hairseg weights list
 """
 
 from __future__ import annotations
@@ -100,17 +102,29 @@ def _dataset_for(data: str, split: str, name: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """One JSON line of metrics; the network runs at ``--scale`` (default: the trained scale), the metrics
+    are always computed on the full-resolution masks."""
     from hairseg_core.evaluate import evaluate_predictor, load_predictor
+    from hairseg_core.scaling import MULTI_SCALES, parse_scale
 
+    scales = MULTI_SCALES if args.multi_scale else (1.0,)
     try:
-        predictor = load_predictor(args.model, device=args.device)
+        scale = parse_scale(args.scale)
+        predictor = load_predictor(args.model, device=args.device, scale=scale, scales=scales, flip=args.flip)
         dataset = _dataset_for(args.data, args.split, args.dataset)
         scores = evaluate_predictor(predictor, dataset, max_images=args.max_images, progress=True)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     keys = ["acc", "acc_class", "miou", "fwiou", "boundary_f", "n_images", "ms_per_image"]
-    print(json.dumps({k: scores[k] for k in keys}))
+    result: dict[str, Any] = {k: scores[k] for k in keys}
+    result.update(
+        inference_scale=predictor.inference_scale,  # type: ignore[attr-defined]
+        scales=list(scales),
+        flip=bool(args.flip),
+        metric_resolution="native",
+    )
+    print(json.dumps(result))
     return 0
 
 
@@ -160,6 +174,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights, imagenet_backbones
+    from hairseg_core.models.weights import WeightsNotFoundError
+
+    if args.weights_cmd == "list":
+        from hairseg_core.models.backbones import PRETRAINED_SOURCES
+
+        for backbone, source in PRETRAINED_SOURCES.items():
+            cached = cached_imagenet_weights(backbone)
+            print(f"{backbone}\t{source.file_names[0]}\t{source.url}\t{cached if cached else 'not cached'}")
+        return 0
+
+    from hairseg_core.config import ConfigError, load_search_space
+
+    backbones = list(args.backbones)
+    for path in args.space or []:
+        try:
+            space = load_search_space(path)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        found = imagenet_backbones(space)
+        if not found:
+            print(f"{path}: no trial uses pretrained: imagenet, nothing to fetch")
+        backbones += found
+    if not backbones and not args.space:
+        print("error: name at least one backbone or pass --space FILE", file=sys.stderr)
+        return 2
+    status = 0
+    for backbone in dict.fromkeys(backbones):  # go on after a failure: one run lists every missing file
+        try:
+            path = ensure_imagenet_weights(
+                backbone, mirror=args.mirror, offline=True if args.offline else None, timeout=args.timeout
+            )
+        except (WeightsNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{backbone}: {path}", flush=True)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hairseg", description="DeepLabv3+ hair segmentation tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="folder", help="layout: folder, figaro1k, lfw_parts, celebamask_hq")
     p.add_argument("--max-images", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--scale",
+        default="auto",
+        metavar="N|native|auto",
+        help="short side (px) the network runs at; auto (default): the scale the model was trained at; "
+        "native: each image's own size. Metrics are always at the masks' own resolution",
+    )
+    p.add_argument("--multi-scale", action="store_true", help="average probabilities at 0.75, 1 and 1.25 x --scale")
+    p.add_argument("--flip", action="store_true", help="also average over the mirrored image")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("validate", help="validate search-space YAML files without running anything")
@@ -204,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=257)
     d.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("weights", help="pretrained ImageNet backbone weights in the torch hub cache")
+    wsub = p.add_subparsers(dest="weights_cmd", required=True)
+    w = wsub.add_parser(
+        "fetch", help="download (and verify) the ImageNet weights of backbones, or of every one a search space uses"
+    )
+    w.add_argument("backbones", nargs="*", metavar="BACKBONE")
+    w.add_argument(
+        "--space", action="append", metavar="FILE", help="search-space YAML: fetch what its imagenet trials need"
+    )
+    w.add_argument("--mirror", help="base URL or folder holding the files (default $HAIRSEG_WEIGHTS_MIRROR)")
+    w.add_argument("--offline", action="store_true", help="never download; only report what is cached")
+    w.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per network operation")
+    wsub.add_parser("list", help="each backbone's weights file, URL and cached path")
+    p.set_defaults(func=cmd_weights)
     return parser
 
 

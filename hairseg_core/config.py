@@ -33,6 +33,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class DataSource(_Strict):
+    """One data set of a study that trains or validates on several (paper §5: LFW + CelebA).
+
+    ``name`` labels its metrics (``val_<name>_miou``) and final-stage rows. ``train`` adds its
+    training split to the pooled training set; ``val`` reports its validation split on its own and
+    counts it in the combined ``val_*`` metrics; ``test`` makes the final stage evaluate its test
+    split too.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+    dataset: str = "folder"
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    train: bool = True
+    val: bool = True
+    test: bool = True
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _check_dataset_name(value)
+
+    @model_validator(mode="after")
+    def _known_options(self) -> DataSource:
+        _check_dataset_options(self.dataset, self.dataset_options, f"sources.{self.name}.dataset_options")
+        return self
+
+
+def _check_dataset_name(value: str) -> str:
+    from hairseg_core.data import DATASETS
+
+    if value not in DATASETS:
+        raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
+    return value
+
+
+def _check_dataset_options(dataset: str, options: dict[str, Any], where: str = "dataset_options") -> None:
+    """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
+    import inspect
+
+    from hairseg_core.data import DATASETS
+
+    params = inspect.signature(DATASETS.get(dataset)).parameters.values()
+    allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{where}: {', '.join(unknown)} not an option of dataset {dataset!r}; expected some of {sorted(allowed)}"
+        )
+
+
 class TrainConfig(_Strict):
     """Settings of one training run (one Tune trial).
 
@@ -53,6 +104,11 @@ class TrainConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     lr_schedule: Literal["poly", "cosine", "constant"] = "poly"
+    # fine-tuning a pretrained backbone: its learning rate stays 0 for the first steps while the new
+    # head learns (random head gradients would otherwise disturb the ImageNet filters), and every
+    # group's rate ramps up linearly over warmup_steps
+    freeze_backbone_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
     batch_size: Annotated[int, Field(ge=1)] = 8
     epochs: Annotated[int, Field(ge=1)] = 10
     max_steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
@@ -79,6 +135,11 @@ class TrainConfig(_Strict):
     dataset: str = "synthetic"
     data_root: str | None = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
+    # several data sets at once (instead of dataset / data_root / dataset_options)
+    sources: list[DataSource] = Field(default_factory=list)
+    # the combined val_* metrics of several validation sources: one confusion matrix over all
+    # their images ("pooled"), or the mean of each source's metric ("mean": each set counts alike)
+    val_combine: Literal["pooled", "mean"] = "mean"
     # runtime
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -98,28 +159,44 @@ class TrainConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from hairseg_core.data import DATASETS
-
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
-        return value
+        return _check_dataset_name(value)
 
     @model_validator(mode="after")
     def _known_dataset_options(self) -> TrainConfig:
-        """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
-        import inspect
-
-        from hairseg_core.data import DATASETS
-
-        params = inspect.signature(DATASETS.get(self.dataset)).parameters.values()
-        allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
-        unknown = sorted(set(self.dataset_options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"dataset_options: {', '.join(unknown)} not an option of dataset {self.dataset!r}; "
-                f"expected some of {sorted(allowed)}"
-            )
+        _check_dataset_options(self.dataset, self.dataset_options)
         return self
+
+    @model_validator(mode="after")
+    def _one_way_to_name_data(self) -> TrainConfig:
+        """Data comes either from dataset / data_root / dataset_options or from sources."""
+        if not self.sources:
+            return self
+        single = [k for k in ("data_root", "dataset_options") if getattr(self, k)]
+        if self.dataset != TrainConfig.model_fields["dataset"].default:
+            single.insert(0, "dataset")
+        if single:
+            raise ValueError(
+                f"sources: given together with {', '.join(single)}; name the data either with sources "
+                "or with dataset / data_root / dataset_options"
+            )
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: names must differ, got {names}")
+        for role in ("train", "val"):
+            if not any(getattr(s, role) for s in self.sources):
+                raise ValueError(f"sources: no source has {role}: true")
+        return self
+
+    @property
+    def data_sources(self) -> list[DataSource]:
+        """The data sets of this run: ``sources``, or the single one dataset / data_root name."""
+        if self.sources:
+            return list(self.sources)
+        name = Path(self.data_root).name if self.data_root else self.dataset
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "data"
+        return [
+            DataSource(name=name, dataset=self.dataset, data_root=self.data_root, dataset_options=self.dataset_options)
+        ]
 
     @property
     def effective_mixup_alpha(self) -> float:
@@ -241,7 +318,8 @@ class FinalizeSettings(_Strict):
     max_test_images: Annotated[int, Field(ge=1)] | None = None
     promote_metric: Literal["acc", "acc_class", "miou", "fwiou", "boundary_f"] = "miou"
     promote_margin: float = 0.0
-    export_size: Annotated[int, Field(ge=32)] = 257
+    # letterbox size of the exported webcam model; None: the short side the model was trained at
+    export_size: Annotated[int, Field(ge=32)] | None = None
     export_dir: str = "exports"
     crf: dict[str, Any] = Field(default_factory=dict)
     matting: dict[str, Any] = Field(default_factory=lambda: {"method": "mishima", "trimap_width": 10})
@@ -422,9 +500,18 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
         if value is not None:
             _set_dotted(raw, key, value)
     fixed = raw.get("fixed")
-    if isinstance(fixed, dict) and fixed.get("data_root"):
-        fixed["data_root"] = _absolute(fixed["data_root"])
+    if isinstance(fixed, dict):
+        _absolute_roots(fixed)
     return search_space_from_dict(raw, source=str(path))
+
+
+def _absolute_roots(settings: dict[str, Any]) -> None:
+    """Make ``data_root`` and every ``sources[].data_root`` absolute (trials run elsewhere)."""
+    if settings.get("data_root"):
+        settings["data_root"] = _absolute(settings["data_root"])
+    for source in settings.get("sources") or []:
+        if isinstance(source, dict) and source.get("data_root"):
+            source["data_root"] = _absolute(source["data_root"])
 
 
 def _absolute(path: str) -> str:
@@ -450,8 +537,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of training settings")
-    if raw.get("data_root"):
-        raw["data_root"] = _absolute(raw["data_root"])
+    _absolute_roots(raw)
     return train_config_from_dict(raw, source=str(path))
 
 

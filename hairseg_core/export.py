@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .scaling import check_scale, model_train_scale
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CLASS_NAMES: tuple[str, ...] = ("background", "hair")
@@ -385,7 +387,12 @@ def measure_latency(fn: Callable[[], object], repeats: int = 30, warmup: int = 5
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """Everything a deployment needs besides the weights; serialised as ``model.json``."""
+    """Everything a deployment needs besides the weights; serialised as ``model.json``.
+
+    ``train_scale`` is the short side (px) the network saw in training (``input.train_scale`` in the file;
+    None for files written before it was recorded). Evaluation runs the network at that short side;
+    ``input_size`` is the fixed letterbox canvas of the webcam app, by default the same number.
+    """
 
     input_size: int
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -402,10 +409,15 @@ class ModelMetadata:
     files: dict[str, str] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    train_scale: int | None = None
 
     def __post_init__(self) -> None:
         if int(self.input_size) < 32:
             raise MetadataError(f"input_size must be >= 32, got {self.input_size}")
+        try:
+            check_scale(self.train_scale)
+        except ValueError as exc:
+            raise MetadataError(f"train_scale: {exc}") from None
         if self.preprocess not in PREPROCESS_MODES:
             raise MetadataError(
                 f"preprocess mode {self.preprocess!r} unknown; expected one of {sorted(PREPROCESS_MODES)}"
@@ -419,7 +431,13 @@ class ModelMetadata:
         return {
             "format": METADATA_FORMAT,
             "format_version": METADATA_VERSION,
-            "input": {"size": int(self.input_size), "layout": "NCHW", "dtype": "float32", "color_order": "RGB"},
+            "input": {
+                "size": int(self.input_size),
+                "train_scale": None if self.train_scale is None else int(self.train_scale),
+                "layout": "NCHW",
+                "dtype": "float32",
+                "color_order": "RGB",
+            },
             "preprocess": {"mode": self.preprocess, "rule": PREPROCESS_MODES[self.preprocess]},
             "normalization": {"pixel_scale": 1.0 / 255.0, "mean": list(self.mean), "std": list(self.std)},
             "output": {
@@ -463,6 +481,7 @@ class ModelMetadata:
                 f"understands ({METADATA_VERSION})"
             )
         export = data.get("export", {}) or {}
+        train_scale = (data.get("input") or {}).get("train_scale")  # absent in older files
         try:
             return cls(
                 input_size=int(need("input", "size")),
@@ -480,6 +499,7 @@ class ModelMetadata:
                 files={str(k): str(v) for k, v in (export.get("files") or {}).items()},
                 parity={str(k): float(v) for k, v in (export.get("parity_max_abs_diff") or {}).items()},
                 latency_ms={str(k): float(v) for k, v in (export.get("latency_ms") or {}).items()},
+                train_scale=None if train_scale is None else int(train_scale),
             )
         except MetadataError as exc:
             if str(exc).startswith(source):
@@ -501,10 +521,12 @@ def write_metadata(
     parity: Mapping[str, float] | None = None,
     latency_ms: Mapping[str, float] | None = None,
     preprocess: str = "letterbox",
+    train_scale: int | None = None,
 ) -> ModelMetadata:
     """Write ``model.json`` (ImageNet mean/std, class names, torch version and a UTC timestamp are filled in)."""
     metadata = ModelMetadata(
         input_size=int(input_size),
+        train_scale=train_scale,
         model_config=dict(model_config),
         preprocess=preprocess,
         metrics={str(k): float(v) for k, v in (metrics or {}).items()},
@@ -540,13 +562,21 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 # ------------------------------------------------------------------------------------------- everything
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save ``{"format", "model_config", "model_state"}`` so the eager back-end can rebuild the model."""
+def save_checkpoint(model: nn.Module, path: str | Path, train_scale: int | None = None) -> Path:
+    """Save ``{"format", "model_config", "model_state", "train_scale"}`` so the eager back-end can rebuild
+    the model and run it at its trained scale (``train_scale`` defaults to the one attached to ``model``;
+    None when unknown, which readers treat as "not recorded")."""
     inner = _cpu_eval_copy(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    scale = check_scale(train_scale if train_scale is not None else model_train_scale(model))
     torch.save(
-        {"format": CHECKPOINT_FORMAT, "model_config": _model_config(model), "model_state": inner.state_dict()},
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": _model_config(model),
+            "model_state": inner.state_dict(),
+            "train_scale": scale,
+        },
         path,
     )
     return path
@@ -555,23 +585,33 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
 def export_all(
     model: nn.Module,
     out_dir: str | Path,
-    input_size: int,
+    input_size: int | None = None,
     metrics: Mapping[str, float] | None = None,
     sample_image: np.ndarray | None = None,
     opset: int = DEFAULT_OPSET,
     latency_repeats: int = 10,
+    train_scale: int | None = None,
 ) -> dict[str, Any]:
     """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
 
-    ``sample_image`` (HxWx3 uint8 RGB, ideally a real photo) is used for the parity check at its own
-    resolution; without one a deterministic synthetic portrait-like image is used and the returned dict
-    says so. Latency is the median model-only time of each back-end at ``input_size`` (batch 1) on this
-    machine. Returns paths, parity, latency and the ONNX exporter/opset used.
+    ``train_scale`` (default: the scale attached to ``model`` by ``train.load_trained_model``) is recorded
+    in ``model.json`` and ``model.pt``; ``input_size``, the webcam app's letterbox canvas, defaults to it,
+    because the network is only accurate at the object scale it was trained at. ``sample_image`` (HxWx3
+    uint8 RGB, ideally a real photo) is used for the parity check at its own resolution; without one a
+    deterministic synthetic portrait-like image is used and the returned dict says so. Latency is the
+    median model-only time of each back-end at ``input_size`` (batch 1) on this machine. Returns paths,
+    parity, latency, the sizes and the ONNX exporter/opset used.
     """
+    train_scale = check_scale(train_scale if train_scale is not None else model_train_scale(model))
+    if input_size is None:
+        if train_scale is None:
+            raise ValueError("export_all: give input_size, or a train_scale (none is recorded on this model)")
+        input_size = train_scale
+    input_size = int(input_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in DEFAULT_FILES.items()}
-    save_checkpoint(model, paths["checkpoint"])
+    save_checkpoint(model, paths["checkpoint"], train_scale=train_scale)
     export_torchscript(model, paths["torchscript"], example_size=input_size)
     onnx_info = export_onnx(model, paths["onnx"], opset=opset, example_size=input_size)
 
@@ -598,10 +638,13 @@ def export_all(
         files={k: v for k, v in DEFAULT_FILES.items() if k != "metadata"},
         parity=parity,
         latency_ms=latency,
+        train_scale=train_scale,
     )
     return {
         **{key: path for key, path in paths.items()},
         "dir": out,
+        "input_size": input_size,
+        "train_scale": train_scale,
         "parity": parity,
         "parity_image": image_source,
         "latency_ms": latency,

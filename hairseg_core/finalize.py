@@ -2,11 +2,15 @@
 
 1. The best trial's best checkpoint is loaded (``weights_only=True``).
 2. The test split is evaluated as Baseline, +CRF, +Matting, +CRF+Matting (the paper's
-   Table 5) with Acc, Acc_class, mIoU, fwIoU, boundary F and ms/image each.
+   Table 5) with Acc, Acc_class, mIoU, fwIoU, boundary F and ms/image each. The network runs
+   at the scale it was trained at (short side = ``base_size``, ``hairseg_core.scaling``); its
+   probabilities are resized back to the full image, where CRF, matting and the metrics work.
 3. The model is exported to TorchScript and ONNX with a parity check and a metadata file
-   (``exports/<sweep>/model.{ts,onnx,json}``), everything the webcam app needs.
+   (``exports/<sweep>/model.{ts,onnx,json}``), everything the webcam app needs; the letterbox
+   size defaults to the trained scale and ``model.json`` records it.
 4. The model is registered as ``hairseg``; alias ``champion`` moves to it only when it beats
-   the current champion, re-evaluated *now on the same test images*, by ``promote_margin``.
+   the current champion, re-evaluated *now on the same test images* at the champion's own
+   trained scale, by ``promote_margin``.
 
 All MLflow calls go through ``hairseg_core.tracking``.
 """
@@ -22,17 +26,21 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hairseg_core.config import FinalizeSettings, TrainConfig
+from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.postprocess.pipeline import build_table5_variants
 from hairseg_core.report import format_table
-from hairseg_core.train import model_from_checkpoint
+from hairseg_core.scaling import describe_scale, model_train_scale
+from hairseg_core.train import load_trained_model
 from hairseg_core.visualize import overlay
 
 TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
+
+#: Model-version / run tag holding the short side (px, or "native") the network was evaluated at.
+TAG_INFERENCE_SCALE = "hairseg.inference_scale"
 
 
 @dataclass
@@ -43,33 +51,62 @@ class FinalizeResult:
     model_version: str | None
     finalize_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    inference_scale: int | None = None
 
 
-def _split_dataset(train_config: dict[str, Any], split: str) -> Any:
-    """``split`` of the data a trial with ``train_config`` trained on (raw samples, no transform)."""
-    cfg = TrainConfig(**train_config)
-    return build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options)
+def test_sources(train_config: dict[str, Any]) -> list[DataSource]:
+    """The data sources whose test split the final stage evaluates; the first one gets Table 5."""
+    sources = [s for s in TrainConfig(**train_config).data_sources if s.test]
+    if not sources:
+        raise ValueError("no data source has test: true; the final stage has nothing to evaluate")
+    return sources
 
 
-def check_test_split(train_config: dict[str, Any], split: str) -> int:
-    """How many images the final stage will evaluate; raises when the split is missing or empty.
+def _split_dataset(source: DataSource, split: str) -> Any:
+    """``split`` of one data source (raw samples at their own resolution, no transform)."""
+    return build_dataset(source.dataset, split, root=source.data_root, **source.dataset_options)
 
-    Run before a sweep starts: learning that the test split does not exist after hours of
-    training is too late.
+
+def check_test_split(train_config: dict[str, Any], split: str) -> dict[str, int]:
+    """Decode every test image the final stage will read; return the image count per source.
+
+    Run before a sweep starts: a missing split or a corrupt test image found after hours of
+    training is too late, so each image and mask is decoded now (``DataError`` names the file).
     """
-    count = len(_split_dataset(train_config, split))
-    if count == 0:
-        cfg = TrainConfig(**train_config)
-        raise ValueError(f"split {split!r} of dataset {cfg.dataset!r} ({cfg.data_root}) has no images")
-    return count
+    counts = {}
+    for source in test_sources(train_config):
+        dataset = _split_dataset(source, split)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"split {split!r} of dataset {source.dataset!r} ({source.name}: {source.data_root}) has no images"
+            )
+        for i in range(len(dataset)):
+            dataset[i]  # decodes image and mask, checks their sizes  # noqa: B018
+        counts[source.name] = len(dataset)
+    return counts
 
 
-def load_test_split(train_config: dict[str, Any], split: str, max_images: int | None) -> MaterializedSplit:
-    """The test images of the data the best trial trained on (raw, at their own resolution)."""
-    dataset = _split_dataset(train_config, split)
+def load_test_split(
+    train_config: dict[str, Any], split: str, max_images: int | None, source: DataSource | None = None
+) -> MaterializedSplit:
+    """The test images of one source (default: the first test source), raw, at their own resolution."""
+    source = source or test_sources(train_config)[0]
+    dataset = _split_dataset(source, split)
     if max_images is not None and len(dataset) > max_images:
         dataset = [dataset[i] for i in range(max_images)]
-    return MaterializedSplit.from_dataset(dataset, desc=f"loading {split}")
+    return MaterializedSplit.from_dataset(dataset, desc=f"loading {source.name}/{split}")
+
+
+def other_sources_table(
+    predictor: ModelPredictor, train_config: dict[str, Any], settings: FinalizeSettings, progress: bool = True
+) -> list[dict[str, Any]]:
+    """The network alone (no CRF / matting) on the test split of every further test source."""
+    rows = []
+    for source in test_sources(train_config)[1:]:
+        test = load_test_split(train_config, settings.test_split, settings.max_test_images, source)
+        scores = evaluate_predictor(predictor, _as_dataset(test), progress=progress, desc=f"testing {source.name}")
+        rows.append({"source": source.name, "images": len(test), **{k: float(scores[k]) for k in TABLE_METRICS}})
+    return rows
 
 
 def postprocessing_table(
@@ -77,7 +114,9 @@ def postprocessing_table(
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """Table 5: each variant's metrics and ms/image; plus example panels (image | variants).
 
-    The network runs once per image; each variant's time is the network's plus its own.
+    The network runs once per image, at the predictor's scale; CRF and matting get the probabilities
+    resized back to the full image, which they refine against the full-resolution photo. Each
+    variant's time is the network's plus its own.
     """
     processors = build_table5_variants(settings.crf, settings.matting)
     metrics = {name: SegmentationMetrics(num_classes=2) for name in processors}
@@ -137,31 +176,54 @@ def finalize(
     """Run the whole final stage for one checkpoint; see the module docstring."""
     from hairseg_core.export import export_all
 
-    model = model_from_checkpoint(checkpoint_path)
-    predictor = ModelPredictor(model)
-    test = load_test_split(train_config, settings.test_split, settings.max_test_images)
-    print(f"final stage: {len(test)} {settings.test_split} images, checkpoint {checkpoint_path}")
+    model, scale = load_trained_model(checkpoint_path)
+    predictor = ModelPredictor(model, scale=scale)
+    primary = test_sources(train_config)[0]
+    test = load_test_split(train_config, settings.test_split, settings.max_test_images, primary)
+    print(
+        f"final stage: {len(test)} {primary.name} {settings.test_split} images, checkpoint {checkpoint_path}, "
+        f"network at short side {scale} px (its training base_size), metrics at native resolution"
+    )
 
     table, panels = postprocessing_table(predictor, test, settings, progress=progress)
     print()
-    print(format_table(table, title="post-processing on the test split (paper Table 5)"))
+    title = f"post-processing on the test split (paper Table 5), network at {scale} px, metrics at native size"
+    print(format_table(table, title=title))
     baseline = table[0]
+    # every source's test split, network alone: the first source's row is Table 5's baseline
+    per_source = [{"source": primary.name, "images": len(test), **{k: baseline[k] for k in TABLE_METRICS}}]
+    per_source += other_sources_table(predictor, train_config, settings, progress=progress)
+    if len(per_source) > 1:
+        print()
+        print(format_table(per_source, title=f"test split of every data source, network at {scale} px, native size"))
 
     export_dir = Path(settings.export_dir) / sweep
     export = export_all(
         model,
         export_dir,
-        input_size=settings.export_size,
+        input_size=settings.export_size,  # None: the trained scale
         metrics={k: baseline[k] for k in TABLE_METRICS},
         sample_image=test.images[0],
+        train_scale=scale,
     )
     (export_dir / "postprocessing.json").write_text(json.dumps(table, indent=2))
-    print(f"\nexported webcam model to {export_dir}/ (model.onnx, model.ts, model.json)")
+    print(
+        f"\nexported webcam model to {export_dir}/ (model.onnx, model.ts, model.json): letterbox "
+        f"{export['input_size']} px, trained at {scale} px"
+    )
 
     run_id = tracker.start_finalize(
-        sweep, parent_run_id, params={"checkpoint": str(checkpoint_path), **settings.model_dump()}
+        sweep,
+        parent_run_id,
+        params={"checkpoint": str(checkpoint_path), "inference_scale": scale, **settings.model_dump()},
     )
+    tracker.set_tags(run_id, {TAG_INFERENCE_SCALE: scale, "hairseg.metric_resolution": "native"})
     tracker.log_table(run_id, table, "table5/postprocessing.json")
+    if len(per_source) > 1:
+        tracker.log_table(run_id, per_source, "test/per_source.json")
+        tracker.log_metrics(
+            run_id, {f"test_{r['source']}_{k}": r[k] for r in per_source for k in TABLE_METRICS}, step=0
+        )
     tracker.log_metrics(
         run_id,
         {f"test_{r['method'].replace('+', '_')}_{k}": r[k] for r in table for k in (*TABLE_METRICS, "ms_per_image")},
@@ -181,13 +243,16 @@ def finalize(
     # -- registry: evaluate the current champion on the very same images, then decide
     champion = tracker.champion(settings.registered_model)
     champion_score = None
+    champion_scale: int | None = None
     notes = []
     if champion is not None:
         champ_model = tracker.load_model(f"models:/{settings.registered_model}@champion")
-        champ_scores = evaluate_predictor(ModelPredictor(champ_model), _as_dataset(test))
+        champion_scale = champion_inference_scale(champion, champ_model)
+        champ_scores = evaluate_predictor(ModelPredictor(champ_model, scale=champion_scale), _as_dataset(test))
         champion_score = champ_scores[settings.promote_metric]
+        where = f"{champion_scale} px" if champion_scale else "native resolution (it records no trained scale)"
         notes.append(
-            f"champion v{champion.version} re-evaluated on the same {len(test)} images: "
+            f"champion v{champion.version} re-evaluated on the same {len(test)} images, network at {where}: "
             f"{settings.promote_metric} {champion_score:.4f}"
         )
     new_score = baseline[settings.promote_metric]
@@ -198,6 +263,8 @@ def finalize(
         "new_score": new_score,
         "champion_score": champion_score,
         "champion_version": str(champion.version) if champion else None,
+        "inference_scale": scale,
+        "champion_inference_scale": describe_scale(champion_scale) if champion else None,
         "dry_run": dry_run,
     }
     version = None
@@ -215,7 +282,11 @@ def finalize(
                 "hairseg.test_images": len(test),
                 "hairseg.export_dir": str(export_dir.resolve()),
                 "hairseg.export_run_id": run_id,
+                TAG_INFERENCE_SCALE: scale,
+                "hairseg.metric_resolution": "native",
                 **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS},
+                "hairseg.test_source": primary.name,
+                **{f"test_{r['source']}_{k}": f"{r[k]:.6f}" for r in per_source for k in TABLE_METRICS},
             },
         )
         if promote:
@@ -232,8 +303,30 @@ def finalize(
     tracker.log_dict(run_id, {"decision": decision, "export": _jsonable(export)}, "finalize.json")
     tracker.end_run(run_id, "FINISHED")
     return FinalizeResult(
-        table=table, export=export, decision=decision, model_version=version, finalize_run_id=run_id, notes=notes
+        table=table,
+        export=export,
+        decision=decision,
+        model_version=version,
+        finalize_run_id=run_id,
+        notes=notes,
+        inference_scale=scale,
     )
+
+
+def champion_inference_scale(version: Any, model: Any) -> int | None:
+    """The scale to re-evaluate a registered champion at: its ``hairseg.inference_scale`` tag, else the
+    scale pickled on the module; None (native, as it was measured then) for versions from before either.
+
+    The champion must be measured the way it would be deployed, at its own trained scale, not at the
+    challenger's: the two may have been trained at different sizes.
+    """
+    tag = (getattr(version, "tags", None) or {}).get(TAG_INFERENCE_SCALE)
+    if tag not in (None, "", "native"):
+        try:
+            return int(tag)
+        except ValueError:
+            pass
+    return model_train_scale(model)
 
 
 def _as_dataset(split: MaterializedSplit) -> list[dict[str, Any]]:

@@ -16,6 +16,13 @@ probability (the app must colour the whole frame), and a plain resize would squa
 never saw in training. A fixed square input also keeps latency constant and suits int8 / static-shape
 runtimes.
 
+That is the webcam path (``scale="letterbox"``, the default). Evaluation instead asks for the model's
+trained scale (``scale="auto"``, or a pixel count, or ``"native"``): the frame is resized so its *short*
+side equals the scale the network was trained at (``model.json`` ``input.train_scale``; see
+``hairseg_core.scaling``), run at that dynamic size, and the probabilities are resized back to H x W,
+optionally averaged over several scales and a mirrored copy. Both ONNX and TorchScript exports take any
+input size, so one file serves both.
+
 ``load_predictor`` picks the back-end from the file suffix (``.onnx``, ``.ts``, ``.pt``) or, for a directory
 written by ``export.export_all``, from ``model.json`` (ONNX by default, the fastest on CPU). A
 ``models:/name@alias`` URI is resolved through ``hairseg_core.tracking.resolve_model_uri`` first.
@@ -24,6 +31,7 @@ written by ``export.export_all``, from ``model.json`` (ONNX by default, the fast
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,9 +49,20 @@ from .export import (
     read_metadata,
 )
 from .registry import Registry
+from .scaling import (
+    ScaleArg,
+    check_scales,
+    describe_scale,
+    inference_scale,
+    resolve_scale,
+    scaled_probabilities,
+)
 
-#: Input size assumed for a bare ``.pt`` checkpoint without ``model.json`` or a crop size in its config.
+#: Input size assumed for a bare ``.pt`` checkpoint without ``model.json`` or a trained scale.
 DEFAULT_INPUT_SIZE = 257
+
+#: ``scale=`` of :class:`HairPredictor` for the app's fixed-size letterbox canvas (see the module docstring).
+LETTERBOX = "letterbox"
 
 SUFFIX_BACKENDS: dict[str, str] = {".onnx": "onnx", ".ts": "torchscript", ".pt": "eager", ".pth": "eager"}
 BACKEND_FILE_KEYS: dict[str, str] = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}
@@ -214,12 +233,41 @@ def unletterbox(prob: np.ndarray, box: Letterbox) -> np.ndarray:
 
 
 class HairPredictor:
-    """``predictor(frame_rgb) -> HxW float32 hair probability`` for a frame of any size."""
+    """``predictor(frame_rgb) -> HxW float32 hair probability`` for a frame of any size.
 
-    def __init__(self, runner: Runner, metadata: ModelMetadata) -> None:
+    ``scale``: ``"letterbox"`` (default) fits the frame into the fixed ``input_size`` canvas, the webcam
+    app's constant-latency path; a pixel count resizes the short side to it and runs at that dynamic size;
+    ``"auto"`` is the metadata's ``train_scale`` (``input_size`` for files from before it was recorded,
+    the size they were exported and evaluated at); ``"native"`` / None runs at the frame's own size.
+    ``scales`` (multipliers) and ``flip`` average several runs and need a short-side scale or native.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        metadata: ModelMetadata,
+        scale: ScaleArg | str = LETTERBOX,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
         self.runner = runner
         self.metadata = metadata
         self.preprocess = Preprocessor(metadata)
+        self.scale: int | str | None = LETTERBOX
+        if scale != LETTERBOX:
+            recorded = metadata.train_scale if metadata.train_scale is not None else metadata.input_size
+            self.scale = resolve_scale(scale, recorded)  # type: ignore[arg-type]
+        self.scales = check_scales(scales)
+        self.flip = bool(flip)
+        if self.scale == LETTERBOX and (self.scales != (1.0,) or self.flip):
+            raise ValueError("multi-scale / flip inference needs a short-side scale, not the letterbox canvas")
+
+    @property
+    def inference_scale(self) -> int | str:
+        """Pixels (short side), ``"native"``, or ``"letterbox-<input_size>"`` for the app's canvas."""
+        if self.scale == LETTERBOX:
+            return f"{LETTERBOX}-{self.input_size}"
+        return describe_scale(self.scale)  # type: ignore[arg-type]
 
     @property
     def backend(self) -> str:
@@ -229,7 +277,25 @@ class HairPredictor:
     def input_size(self) -> int:
         return self.metadata.input_size
 
+    def _run_checked(self, batch: np.ndarray) -> np.ndarray:
+        probs = self.runner(batch)
+        expected = (batch.shape[0], len(self.metadata.class_names), *batch.shape[2:])
+        if probs.shape != expected:
+            raise InferenceError(f"{self.backend} back-end returned shape {probs.shape}, expected {expected}")
+        return probs
+
     def __call__(self, frame_rgb: np.ndarray) -> np.ndarray:
+        if self.scale != LETTERBOX:
+            probs = scaled_probabilities(
+                self._run_checked,
+                frame_rgb,
+                self.scale,  # type: ignore[arg-type]
+                mean=self.metadata.mean,
+                std=self.metadata.std,
+                scales=self.scales,
+                flip=self.flip,
+            )
+            return np.clip(probs[self.metadata.hair_channel], 0.0, 1.0)
         batch, box = self.preprocess(frame_rgb)
         probs = self.runner(batch)
         expected = (1, len(self.metadata.class_names), self.input_size, self.input_size)
@@ -263,12 +329,15 @@ def _metadata_for_file(path: Path, input_size: int | None, runner: Runner) -> Mo
             metadata = replace(metadata, input_size=input_size)
         return metadata
     config: dict[str, Any] = {}
-    size = input_size
+    train_scale: int | None = None
     if isinstance(runner, EagerRunner):
         config = dict(runner.checkpoint.get("model_config", {}))
-        train_config = runner.checkpoint.get("train_config") or {}
-        size = size or train_config.get("eval_size") or train_config.get("crop_size")
-    return ModelMetadata(input_size=int(size or DEFAULT_INPUT_SIZE), model_config=config)
+        train_scale = runner.checkpoint.get("train_scale")  # export_all's model.pt
+        train_config = runner.checkpoint.get("train_config")  # a training checkpoint
+        if train_scale is None and train_config:
+            train_scale = inference_scale(train_config)
+    size = input_size or train_scale or DEFAULT_INPUT_SIZE
+    return ModelMetadata(input_size=int(size), model_config=config, train_scale=train_scale)
 
 
 def load_predictor(
@@ -278,13 +347,18 @@ def load_predictor(
     intra_op_threads: int | None = None,
     channels_last: bool = False,
     input_size: int | None = None,
+    scale: ScaleArg | str = LETTERBOX,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
 ) -> HairPredictor:
     """Load a model file, an ``export_all`` directory or a ``models:/`` URI as a :class:`HairPredictor`.
 
     ``backend`` ("onnx", "torchscript", "eager") defaults to the file suffix, or to "onnx" for a directory;
     for a directory it selects which of the exported files to use. ``input_size`` overrides the metadata's
-    (useful for benchmarks; the model accepts any size). ``intra_op_threads`` applies to ONNX Runtime,
-    ``channels_last`` to eager PyTorch.
+    letterbox size (useful for benchmarks; the model accepts any size). ``scale``: ``"letterbox"`` (the
+    app), ``"auto"`` (short side = the trained scale in the metadata, for evaluation), a pixel count or
+    ``"native"``; ``scales`` / ``flip`` as in :class:`HairPredictor`. ``intra_op_threads`` applies to ONNX
+    Runtime, ``channels_last`` to eager PyTorch.
     """
     path = _resolve(path_or_uri)
     if backend is not None:
@@ -299,7 +373,8 @@ def load_predictor(
             raise FileNotFoundError(f"{path}: no {backend} model file {model_file.name} in this export directory")
         if input_size is not None:
             metadata = replace(metadata, input_size=input_size)
-        return HairPredictor(BACKENDS.build(backend, model_file, **options), metadata)
+        runner = BACKENDS.build(backend, model_file, **options)
+        return HairPredictor(runner, metadata, scale, scales, flip)
 
     suffix_backend = SUFFIX_BACKENDS.get(path.suffix.lower())
     if suffix_backend is None:
@@ -309,4 +384,5 @@ def load_predictor(
     if backend is not None and backend != suffix_backend:
         raise InferenceError(f"{path}: a {path.suffix} file needs the {suffix_backend!r} back-end, not {backend!r}")
     runner = BACKENDS.build(suffix_backend, path, **options)
-    return HairPredictor(runner, _metadata_for_file(path, input_size, runner))
+    metadata = _metadata_for_file(path, input_size, runner)
+    return HairPredictor(runner, metadata, scale, scales, flip)

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hairseg_core.config import TrainConfig, train_config_from_dict
+from hairseg_core.config import DataSource, TrainConfig, train_config_from_dict
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
 from hairseg_core.data.mixup import mixup_batch
@@ -49,26 +49,52 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class TrialData:
-    """The decoded train and validation splits a trial trains on (shareable across trials)."""
+    """The decoded train and validation splits a trial trains on (shareable across trials).
+
+    With several data sources, ``train`` and ``val`` pool their images (one copy in the object
+    store) and ``val_parts`` maps each validation source's name to its ``[start, stop)`` range in
+    ``val``, so each is also scored on its own. A single source has no parts.
+    """
 
     train: MaterializedSplit
     val: MaterializedSplit
+    val_parts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def data_key(cfg: TrainConfig) -> tuple[Any, ...]:
-    """Settings that decide which images a trial sees; trials with equal keys can share data."""
-    return (cfg.dataset, cfg.data_root, tuple(sorted(cfg.dataset_options.items())))
+def load_source_split(source: DataSource, split: str, progress: bool = False) -> MaterializedSplit:
+    """Decode one split of one data source into memory; an empty split is an error naming it."""
+    ds = build_dataset(source.dataset, split, root=source.data_root, **source.dataset_options)
+    if len(ds) == 0:
+        raise ValueError(
+            f"dataset {source.dataset!r} ({source.name}) split {split!r} is empty (root: {source.data_root})"
+        )
+    desc = f"loading {source.name}/{split}" if progress else None
+    return MaterializedSplit.from_dataset(ds, desc=desc)
+
+
+def _pool(parts: list[tuple[str, MaterializedSplit]]) -> MaterializedSplit:
+    if len(parts) == 1:
+        return parts[0][1]
+    pooled = MaterializedSplit()
+    for name, split in parts:
+        pooled.images += split.images
+        pooled.masks += split.masks
+        pooled.names += [f"{name}/{n}" for n in split.names]
+    return pooled
 
 
 def load_trial_data(cfg: TrainConfig, progress: bool = False) -> TrialData:
-    """Decode the train and validation splits named by ``cfg`` into memory."""
-    splits = {}
-    for split in ("train", "val"):
-        ds = build_dataset(cfg.dataset, split, root=cfg.data_root, **cfg.dataset_options)
-        if len(ds) == 0:
-            raise ValueError(f"dataset {cfg.dataset!r} split {split!r} is empty (root: {cfg.data_root})")
-        splits[split] = MaterializedSplit.from_dataset(ds, desc=f"loading {split}" if progress else None)
-    return TrialData(train=splits["train"], val=splits["val"])
+    """Decode the train and validation splits of every data source of ``cfg`` into memory."""
+    sources = cfg.data_sources
+    train = _pool([(s.name, load_source_split(s, "train", progress)) for s in sources if s.train])
+    val_splits = [(s.name, load_source_split(s, "val", progress)) for s in sources if s.val]
+    parts: dict[str, tuple[int, int]] = {}
+    if len(val_splits) > 1:  # one validation source: its scores are the combined ones
+        start = 0
+        for name, split in val_splits:
+            parts[name] = (start, start + len(split))
+            start += len(split)
+    return TrialData(train=train, val=_pool(val_splits), val_parts=parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,7 +149,11 @@ class Trainer:
         data: TrialData | None = None,
         cpus: int | None = None,
         progress: bool = False,
+        load_pretrained: bool = True,
     ) -> None:
+        """``load_pretrained=False`` builds the network without reading its pretrained file: for a
+        trainer about to load a checkpoint, whose weights replace them anyway (a trial restored on
+        another node then needs no weights file there)."""
         self.cfg = config if isinstance(config, TrainConfig) else train_config_from_dict(config)
         cfg = self.cfg
         self.progress = progress
@@ -132,7 +162,8 @@ class Trainer:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.data = data if data is not None else load_trial_data(cfg, progress=progress)
 
-        self.model = build_model(**cfg.model_kwargs).to(self.device)
+        model_kwargs = cfg.model_kwargs if load_pretrained else {**cfg.model_kwargs, "pretrained": "none"}
+        self.model = build_model(**model_kwargs).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
@@ -182,7 +213,12 @@ class Trainer:
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
         total = max(1, self.steps_per_epoch * cfg.epochs)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(cfg.lr_schedule, total))
+        base = _schedule(cfg.lr_schedule, total)
+        lambdas = [
+            _warm(base, cfg.warmup_steps, cfg.freeze_backbone_steps if group["name"] == "backbone" else 0)
+            for group in self.optimizer.param_groups
+        ]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
 
         self.epoch = 0  # completed epochs
         self.history: list[dict[str, float]] = []
@@ -289,24 +325,50 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss and Acc / Acc_class / mIoU / fwIoU / boundary F on the val split."""
+        """Validation loss and Acc / Acc_class / mIoU / fwIoU / boundary F on the val split.
+
+        With several validation sources each is scored on its own (``<name>_miou``, ...) and the
+        unprefixed metrics combine them as ``val_combine`` says: the mean of the sources' scores,
+        or one confusion matrix over all their images ("pooled").
+        """
         self.model.eval()
-        metrics = SegmentationMetrics(num_classes=2)
+        parts = self.data.val_parts or {"": (0, len(self.val_set))}
+        pooled = SegmentationMetrics(num_classes=2)
+        per_source: dict[str, dict[str, float]] = {}
         total, count = 0.0, 0
-        for batch in self.val_loader:
-            images = batch["image"].to(self.device)
-            masks = batch["mask"].to(self.device)
-            if self.cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
-            logits = logits.float()
-            total += self.loss_fn(logits, masks, image=images).item() * images.shape[0]
-            count += images.shape[0]
-            metrics.update(logits.argmax(1).cpu(), masks.cpu())
-        scores = metrics.compute()
+        for name, (start, stop) in parts.items():
+            metrics = SegmentationMetrics(num_classes=2)
+            loader = self.val_loader
+            if self.data.val_parts:
+                subset = torch.utils.data.Subset(self.val_set, range(start, stop))
+                loader = DataLoader(subset, batch_size=self.val_loader.batch_size, collate_fn=_collate)
+            for batch in loader:
+                images = batch["image"].to(self.device)
+                masks = batch["mask"].to(self.device)
+                if self.cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    logits = self.model(images)
+                logits = logits.float()
+                total += self.loss_fn(logits, masks, image=images).item() * images.shape[0]
+                count += images.shape[0]
+                preds, targets = logits.argmax(1).cpu(), masks.cpu()
+                metrics.update(preds, targets)
+                if self.data.val_parts:
+                    pooled.update(preds, targets)
+            per_source[name] = {k: float(v) for k, v in metrics.compute().items()}
+        if not self.data.val_parts:
+            scores = per_source[""]
+        elif self.cfg.val_combine == "pooled":
+            scores = {k: float(v) for k, v in pooled.compute().items()}
+        else:
+            keys = per_source[next(iter(per_source))].keys()
+            scores = {k: float(np.mean([s[k] for s in per_source.values()])) for k in keys}
         scores["loss"] = total / max(1, count)
-        return {k: float(v) for k, v in scores.items()}
+        if self.data.val_parts:
+            for name, source_scores in per_source.items():
+                scores.update({f"{name}_{k}": v for k, v in source_scores.items()})
+        return scores
 
     @torch.no_grad()
     def predict_samples(self, n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -380,9 +442,25 @@ class Trainer:
         cls, path: str | Path, data: TrialData | None = None, cpus: int | None = None, progress: bool = False
     ) -> Trainer:
         state = load_checkpoint(path)
-        trainer = cls(state["train_config"], data=data, cpus=cpus, progress=progress)
+        trainer = cls(state["train_config"], data=data, cpus=cpus, progress=progress, load_pretrained=False)
         trainer.load_state_dict(state)
         return trainer
+
+
+def _warm(base: Any, warmup_steps: int, frozen_steps: int) -> Any:
+    """``base(step)`` after a linear warm-up, 0 while frozen.
+
+    A closure, not a callable object: ``LambdaLR.state_dict`` would store an object's attributes
+    in the checkpoint, and the checkpoint must hold tensors and plain values only.
+    """
+
+    def multiplier(step: int) -> float:
+        if step < frozen_steps:
+            return 0.0
+        ramp = min(1.0, (step - frozen_steps + 1) / warmup_steps) if warmup_steps else 1.0
+        return ramp * base(step)
+
+    return multiplier
 
 
 def _schedule(kind: str, total_steps: int):
@@ -435,11 +513,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the DeepLabv3+ of a checkpoint in eval mode (no pretrained download needed)."""
+    """Rebuild the DeepLabv3+ of a checkpoint in eval mode (no pretrained download needed).
+
+    The module carries its trained scale (``hairseg_core.scaling.model_train_scale``); use
+    :func:`load_trained_model` to get it explicitly.
+    """
+    return load_trained_model(path, map_location)[0]
+
+
+def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, int]:
+    """``(model, scale)``: the checkpoint's network in eval mode and the short side it was trained at.
+
+    A model only segments well at the object scale it saw in training (``base_size``; see
+    ``hairseg_core.scaling``), so whoever evaluates or exports it needs that number as much as the weights.
+    It is also attached to the module, so copies, exports and registered (pickled) models keep it.
+    """
+    from hairseg_core.scaling import attach_train_scale, inference_scale
+
     state = load_checkpoint(path, map_location)
     model = build_model(**{**state["model_config"], "pretrained": "none"})
     model.load_state_dict(state["model_state"])
-    return model.eval()
+    scale = inference_scale(state["train_config"])
+    return attach_train_scale(model.eval(), scale), scale
 
 
 IMAGENET_MEAN = np.asarray(_MEAN, dtype=np.float32)

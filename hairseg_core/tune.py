@@ -16,8 +16,10 @@ import datetime as _dt
 import json
 import logging
 import math
+import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig, search_space_from_dict
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
 from hairseg_core.train import CHECKPOINT_FILE, CheckpointError, Trainer, TrialData, load_checkpoint, load_trial_data
+from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.visualize import prediction_panel
 
 logger = logging.getLogger(__name__)
@@ -161,11 +164,162 @@ class TrackingSettings:
 
 
 def _trial_resources() -> int:
-    try:
-        resources = tune.get_context().get_trial_resources().required_resources
-        return max(1, int(resources.get("CPU", 1)))
-    except Exception:
+    """Whole CPUs Ray gave this trial (at least one): the trial's torch and loader threads."""
+    resources = tune.get_context().get_trial_resources()
+    if resources is None:  # not inside a Tune trial (a direct call in a test)
         return 1
+    return max(1, int(resources.required_resources.get("CPU", 1)))
+
+
+# ----------------------------------------------------------------------------- weights on every node
+#: Pretrained files the driver resolved before Ray started, by the name the lookup expects them under.
+WeightsFiles = Mapping[str, bytes]
+
+
+def install_weights(files: WeightsFiles | None, directory: Path | None = None) -> list[Path]:
+    """Write the driver's pretrained files into this node's torch hub cache, where missing.
+
+    The driver resolves (and if needed fetches) every backbone's ImageNet file once, before Ray
+    starts, and hands the bytes to the trials through the object store; a trial on a node whose
+    cache lacks a file writes it there (temporary file + rename, so concurrent trials on one node
+    never see half a file) instead of each of N workers downloading the same file at once.
+    Returns the files written.
+    """
+    if not files:
+        return []
+    directory = directory or Path(torch.hub.get_dir()) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, payload in files.items():
+        target = directory / name
+        if target.is_file() and target.stat().st_size == len(payload):
+            continue
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+        os.replace(tmp, target)
+        logger.info("installed pretrained weights %s (%d bytes) from the driver", target, len(payload))
+        written.append(target)
+    return written
+
+
+def sweep_weights(space: SearchSpace, progress: bool = True) -> dict[str, bytes]:
+    """Every ImageNet file the space's trials may need, resolved (fetched if missing) and checked.
+
+    Runs on the driver before Ray starts and before the MLflow parent run: a missing, corrupt or
+    mismatched file fails here in seconds, naming the backbone and the file (``WeightsNotFoundError``
+    / ``WeightsMismatchError``), instead of in every trial. Each file is loaded strictly into its
+    backbone once. Returns ``{file name: bytes}`` for :func:`install_weights` on the trials' nodes.
+    """
+    from hairseg_core.models import BACKBONES, PRETRAINED_SOURCES, load_pretrained_backbone
+    from hairseg_core.models.fetch import ensure_imagenet_weights, imagenet_backbones
+
+    files: dict[str, bytes] = {}
+    for backbone in imagenet_backbones(space):
+        path = ensure_imagenet_weights(backbone, progress=progress)
+        source = PRETRAINED_SOURCES[backbone]
+        load_pretrained_backbone(BACKBONES.build(backbone), backbone, path)
+        name = path.name if path.name in source.file_names else source.file_names[0]
+        files[name] = path.read_bytes()
+    return files
+
+
+# ----------------------------------------------------------------------------- errors that would repeat
+def _board_name(sweep: str) -> str:
+    return f"hairseg-fail-once-{sweep}"
+
+
+@ray.remote(num_cpus=0)
+class FailOnceBoard:
+    """Where a trial says "my error will repeat" before raising it, and the driver acknowledges.
+
+    Tune decides whether to retry a failed trial from ``max_failures`` alone. The driver's
+    :class:`FailOnceCallback` reads this board at every step of Tune's loop and lowers the
+    reporting trial's retry budget to what it has used; the trial raises only after that
+    acknowledgement, so Tune never retries it.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, str] = {}
+        self._acknowledged: set[str] = set()
+
+    def report(self, trial_id: str, message: str) -> None:
+        self._pending[trial_id] = message
+
+    def drain(self) -> dict[str, str]:
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def acknowledge(self, trial_ids: list[str]) -> None:
+        self._acknowledged.update(trial_ids)
+
+    def acknowledged(self, trial_id: str) -> bool:
+        if trial_id in self._acknowledged:
+            self._acknowledged.discard(trial_id)
+            return True
+        return False
+
+
+class FailOnceCallback(Callback):
+    """Driver side of :class:`FailOnceBoard`: a trial that cannot succeed is not retried.
+
+    ``Trial.max_failures`` is the attribute ``Trial.should_recover`` compares the failure count
+    with; setting it to the failures so far makes the coming failure the last.
+    """
+
+    def __init__(self, sweep: str) -> None:
+        self.sweep = sweep
+        self._board: Any = None
+        self._pending: Any = None
+
+    def _ensure_board(self) -> Any:
+        if self._board is None:
+            self._board = FailOnceBoard.options(name=_board_name(self.sweep), get_if_exists=True).remote()
+        return self._board
+
+    def setup(self, **info: Any) -> None:
+        self._ensure_board()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        board = self._ensure_board()
+        if self._pending is None:
+            self._pending = board.drain.remote()
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return
+        reported: dict[str, str] = ray.get(self._pending)
+        self._pending = None
+        if not reported:
+            return
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id, message in reported.items():
+            trial = by_id.get(trial_id)
+            if trial is not None:
+                trial.max_failures = trial.run_metadata.num_failures
+                logger.warning("trial %s will not be retried: %s", trial_id, message)
+        ray.get(board.acknowledge.remote(list(reported)))
+
+    def __getstate__(self) -> dict[str, Any]:  # actor handles and futures do not survive a resume
+        return {**self.__dict__, "_board": None, "_pending": None}
+
+
+def _fail_once(trial_id: str, sweep: str, error: BaseException, timeout: float = 60.0) -> None:
+    """Tell the driver that ``error`` will repeat, and wait until it has lowered the retry budget.
+
+    Without a driver that listens (an old one, or no board), the error is raised after
+    ``timeout`` and Tune retries as usual: never worse than before.
+    """
+    try:
+        board = ray.get_actor(_board_name(sweep))
+    except ValueError:
+        return
+    ray.get(board.report.remote(trial_id, f"{type(error).__name__}: {error}"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.get(board.acknowledged.remote(trial_id)):
+            return
+        time.sleep(0.1)
+    logger.warning("the driver did not acknowledge within %.0f s; Tune may retry this trial", timeout)
 
 
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
@@ -243,15 +397,57 @@ class RestoreFromSurvivingCheckpoint:
 
 
 def run_trial(
-    config: dict[str, Any], fixed: dict[str, Any], tracking: TrackingSettings, data: TrialData | None = None
+    config: dict[str, Any],
+    fixed: dict[str, Any],
+    tracking: TrackingSettings,
+    data: TrialData | None = None,
+    weights: WeightsFiles | None = None,
 ) -> None:
-    """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch."""
+    """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch.
+
+    An error that would repeat on every attempt (see :mod:`hairseg_core.trial_errors`) ends the
+    trial at once, recorded on its MLflow run; anything else is left to Tune's ``max_failures``.
+    """
     # One "Checkpoint successfully created" line per epoch per trial drowns Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    try:
+        _train_trial(config, fixed, tracking, data, weights)
+    except Exception as exc:
+        if not is_deterministic(exc):
+            raise
+        error = NonRetriableTrialError(exc)
+        _record_error(tracking, trial_id, error)
+        _fail_once(trial_id, tracking.sweep, exc)
+        raise error from exc
+
+
+def _record_error(tracking: TrackingSettings, trial_id: str, error: BaseException) -> None:
+    """Put the error's message on the trial's MLflow run (the driver closes it FAILED)."""
+    tracker = Tracker(tracking.tracking_uri, tracking.experiment)
+    run_id = tracker.find_trial(tracking.sweep, trial_id)
+    if run_id is None:  # failed before its run existed (e.g. while building the model)
+        run_id = tracker.start_trial(
+            tracking.sweep, tracking.parent_run_id, trial_id, tune.get_context().get_trial_name(), params={}
+        )
+    tracker.set_tags(run_id, {"hairseg.error": str(error)[:4000], "hairseg.retried": False})
+
+
+def _train_trial(
+    config: dict[str, Any],
+    fixed: dict[str, Any],
+    tracking: TrackingSettings,
+    data: TrialData | None,
+    weights: WeightsFiles | None,
+) -> None:
     sampled = sampled_settings(config)
     cfg = TrainConfig(**{**fixed, **sampled})
     cpus = _trial_resources()
     torch.set_num_threads(cpus)
+    # The driver resolved every pretrained file before Ray started: a trial never downloads.
+    os.environ["HAIRSEG_OFFLINE"] = "1"
+    install_weights(weights)
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
 
@@ -505,7 +701,7 @@ def _join(storage_path: str, name: str) -> str:
 
 def share_data(space: SearchSpace) -> TrialData | None:
     """Decode the data once for all trials, unless the search space varies what data is read."""
-    if {"dataset", "data_root", "dataset_options"} & set(space.params):
+    if {"dataset", "data_root", "dataset_options", "sources"} & set(space.params):
         return None
     return load_trial_data(space.trial_config({}), progress=True)
 
@@ -516,17 +712,28 @@ def build_tuner(
     parent_run_id: str,
     resume: bool = False,
     data: TrialData | None = None,
+    weights: WeightsFiles | None = None,
 ) -> tune.Tuner:
-    """A Tuner for a new sweep, or one restored from ``settings.storage_path/settings.name``."""
+    """A Tuner for a new sweep, or one restored from ``settings.storage_path/settings.name``.
+
+    ``data`` and ``weights`` go into Ray's object store once and reach every trial from there.
+    """
     assert settings.name is not None
     tracking = TrackingSettings(settings.tracking_uri, settings.experiment, settings.name, parent_run_id)
-    trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), tracking=tracking, data=data)
+    trainable = tune.with_parameters(
+        run_trial, fixed=dict(space.fixed), tracking=tracking, data=data, weights=dict(weights or {})
+    )
     trainable = tune.with_resources(trainable, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
-    callbacks = [MlflowStatusCallback(tracking, space.scheduler.max_t or space.epochs), *settings.callbacks]
+    callbacks = [
+        MlflowStatusCallback(tracking, space.scheduler.max_t or space.epochs),
+        FailOnceCallback(settings.name),
+        *settings.callbacks,
+    ]
     if resume:
         path = _join(settings.storage_path, settings.name)
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"no restorable sweep at {path}")
+        # The callbacks come back from the pickled run config; their actor handles are rebuilt lazily.
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(
         name=settings.name,
@@ -665,7 +872,9 @@ def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str,
             values = frame[space.metric].dropna()
             row[f"best_{space.metric}"] = float(values.max() if space.mode == "max" else values.min())
             row["epochs_run"] = int(frame["training_iteration"].max())
-        for key in ("val_miou", "val_fwiou", "val_acc", "val_acc_class", "val_boundary_f", "val_loss"):
+        keys = ["val_miou", "val_fwiou", "val_acc", "val_acc_class", "val_boundary_f", "val_loss"]
+        keys += sorted(k for k in (result.metrics or {}) if k.startswith("val_") and k.endswith("_miou"))
+        for key in dict.fromkeys(keys):  # a source's mIoU per validation set, after the combined ones
             if result.metrics and key in result.metrics:
                 row[f"last_{key}"] = result.metrics[key]
         row["error"] = error_summary(result.error) if result.error else ""

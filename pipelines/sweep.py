@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = hs_tune.share_data(space)
     except (DataError, ValueError, FileNotFoundError) as exc:  # DataError names the file
-        print(f"\nerror: dataset {space.fixed.get('dataset')!r}: {exc}", file=sys.stderr)
+        names = ", ".join(repr(s.dataset) for s in space.trial_config({}).data_sources)
+        print(f"\nerror: dataset {names}: {exc}", file=sys.stderr)
         return 2
 
     if not args.no_finalize and data is not None:  # same data for every trial: its test split is known now
@@ -141,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+
+    # Pretrained weights too: resolved (fetched once if missing), loaded strictly into their
+    # backbone, then handed to every trial through the object store (no trial downloads).
+    from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
+
+    try:
+        weights = hs_tune.sweep_weights(space)
+    except (WeightsNotFoundError, WeightsMismatchError) as exc:
+        print(f"\nerror: pretrained weights: {exc}", file=sys.stderr)
+        return 2
 
     import ray
 
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             name=name,
             verbose=0 if args.quiet else 1,
         )
-        tuner = hs_tune.build_tuner(space, settings, parent, resume=args.resume, data=data)
+        tuner = hs_tune.build_tuner(space, settings, parent, resume=args.resume, data=data, weights=weights)
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started

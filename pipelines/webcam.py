@@ -34,7 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hairseg_core.coloring import NAMED_COLORS, TemporalSmoother, parse_color, recolor  # noqa: E402
-from hairseg_core.inference import InferenceError, load_predictor  # noqa: E402
+from hairseg_core.inference import HairPredictor, InferenceError, load_predictor  # noqa: E402
 from hairseg_core.registry import UnknownNameError  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -208,6 +208,21 @@ def _overlay(frame_bgr: np.ndarray, fps: float, color: str, strength: float) -> 
     cv2.putText(frame_bgr, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+def describe_model(spec: str, predictor: HairPredictor) -> str:
+    """The start-up line: which model, back-end and input size, and whether that is the trained scale.
+
+    The model is only accurate at the object scale it was trained at; an export made at another size
+    (or before the scale was recorded) is worth flagging before someone judges the model by it.
+    """
+    size, trained = predictor.input_size, predictor.metadata.train_scale
+    text = f"model {spec} ({predictor.backend}): frames letterboxed to {size} px"
+    if trained is None:
+        return text + " (the export records no trained scale)"
+    if trained == size:
+        return text + ", the scale it was trained at"
+    return text + f", but it was trained at {trained} px: re-export at that size for full accuracy"
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Process the source; returns ``{"frames", "seconds", "fps"}``. Raises SourceError / ValueError."""
     parse_color(args.color)  # fail on a bad colour before opening anything
@@ -233,6 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         )
         if show and not _gui_available():
             raise SourceError("OpenCV has no GUI support here (opencv-python-headless?); use --headless --output")
+        if not args.quiet:
+            print(describe_model(args.model, predictor), file=sys.stderr)
     except BaseException:
         source.close()  # release the camera before reporting
         raise

@@ -10,6 +10,7 @@ from sweep_helpers import Workspace, make_workspace
 
 # Tests never reach the internet; make libraries that could try fail fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HAIRSEG_OFFLINE", "1")  # pretrained weights: never fetched unless a test serves them
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "2")

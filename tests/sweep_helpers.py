@@ -403,10 +403,14 @@ LOOPBACK_DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int = 2) -> Iterator[tuple[Any, list[Any]]]:
+def local_cluster(
+    workers: int = 2, worker_env: Sequence[Mapping[str, str]] | None = None
+) -> Iterator[tuple[Any, list[Any]]]:
     """A real multi-node Ray cluster on 127.0.0.1: a head with no CPUs (so every trial runs on a
     worker node) and ``workers`` nodes of one CPU each, told apart by a ``worker<i>`` resource.
     Drivers join it with ``--address cluster.address`` and :data:`LOOPBACK_DRIVER_ENV`.
+    ``worker_env[i]`` overrides environment variables of worker node i's raylet and so of every
+    worker process it starts (e.g. its own ``TORCH_HOME``, as a separate machine has).
 
     Ray records a started cluster in /tmp/ray/ray_current_cluster, where any later
     ``ray.init()`` on this machine would find and join it; the record is removed at once.
@@ -422,7 +426,12 @@ def local_cluster(workers: int = 2) -> Iterator[tuple[Any, list[Any]]]:
     reset_ray_address()
     try:
         nodes = [
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={f"worker{i}": 1})
+            cluster.add_node(
+                num_cpus=1,
+                node_ip_address="127.0.0.1",
+                resources={f"worker{i}": 1},
+                env_vars=dict(worker_env[i]) if worker_env else None,
+            )
             for i in range(workers)
         ]
         yield cluster, nodes

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hairseg_core.evaluate import ModelPredictor
 from hairseg_core.export import (
     ExportError,
     ExportParityError,
@@ -35,6 +36,7 @@ from hairseg_core.inference import (
 )
 from hairseg_core.models import build_model
 from hairseg_core.registry import UnknownNameError
+from hairseg_core.scaling import attach_train_scale
 
 INPUT_SIZE = 257
 
@@ -56,16 +58,15 @@ def model() -> nn.Module:
     with torch.no_grad():
         net.train()(batch)
         net.classifier.weight.normal_(0.0, 0.15)
-    return net.eval()
+    return attach_train_scale(net.eval(), INPUT_SIZE)  # as if trained with base_size 257
 
 
 @pytest.fixture(scope="module")
 def exported(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("export")
-    return export_all(
+    return export_all(  # no input_size: the trained scale attached to the model
         model,
         out,
-        input_size=INPUT_SIZE,
         metrics={"mIoU": 0.91, "Acc": 0.97},
         sample_image=synthetic_portrait(200, 150, seed=3),
         latency_repeats=2,
@@ -81,6 +82,15 @@ def test_export_all_writes_every_artefact(exported: dict) -> None:
     assert all(v < 1e-4 for v in exported["parity"].values())
     assert set(exported["latency_ms"]) == {"eager", "torchscript", "onnx"}
     assert all(v > 0 for v in exported["latency_ms"].values())
+    assert exported["input_size"] == exported["train_scale"] == INPUT_SIZE
+    assert torch.load(exported["checkpoint"], weights_only=True)["train_scale"] == INPUT_SIZE
+
+
+def test_export_all_needs_a_size_or_a_trained_scale(tmp_path) -> None:
+    bare = build_model(backbone="mobilenet_v2", pretrained="none", aspp_channels=16, decoder_channels=16)
+    with pytest.raises(ValueError, match="input_size"):
+        export_all(bare, tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before writing anything
 
 
 @pytest.mark.parametrize("height,width", [(257, 257), (193, 241)])
@@ -144,7 +154,7 @@ def test_onnx_opset17_uses_the_torchscript_exporter(model: nn.Module, tmp_path) 
 
 def test_metadata_round_trip(exported: dict) -> None:
     metadata = read_metadata(exported["dir"])
-    assert metadata.input_size == INPUT_SIZE
+    assert metadata.input_size == INPUT_SIZE and metadata.train_scale == INPUT_SIZE
     assert metadata.model_config["backbone"] == "mobilenet_v2"
     assert metadata.model_config["aspp_channels"] == 32
     assert metadata.class_names == ("background", "hair") and metadata.hair_channel == 1
@@ -155,7 +165,34 @@ def test_metadata_round_trip(exported: dict) -> None:
     assert metadata.files["onnx"] == "model.onnx"
     raw = json.loads(exported["metadata"].read_text())
     assert raw["model"]["output_stride"] == 16 and raw["preprocess"]["mode"] == "letterbox"
+    assert raw["input"]["train_scale"] == INPUT_SIZE
     assert ModelMetadata.from_dict(metadata.to_dict()) == metadata
+    del raw["input"]["train_scale"]  # a model.json from before the scale was recorded still reads
+    assert ModelMetadata.from_dict(raw).train_scale is None
+
+
+def test_exports_evaluate_at_the_trained_scale(model: nn.Module, exported: dict, tmp_path) -> None:
+    """scale="auto" resizes the short side to model.json's train_scale, at any aspect ratio, like eager."""
+    frame = synthetic_portrait(120, 200, seed=11)
+    reference = ModelPredictor(model, scale=INPUT_SIZE)(frame)
+    native = ModelPredictor(model, scale="native")(frame)
+    assert np.abs(reference - native).max() > 0.05  # the scale matters for this model
+    for backend in ("onnx", "torchscript", "eager"):
+        predictor = load_predictor(exported["dir"], backend, scale="auto")
+        assert predictor.inference_scale == INPUT_SIZE
+        prob = predictor(frame)
+        assert prob.shape == (120, 200)
+        np.testing.assert_allclose(prob, reference, atol=1e-4, err_msg=backend)
+    np.testing.assert_allclose(load_predictor(exported["onnx"], scale="native")(frame), native, atol=1e-4)
+
+    legacy = tmp_path / "legacy"  # model.json without train_scale: "auto" means the exported size
+    legacy.mkdir()
+    (legacy / "model.onnx").write_bytes(exported["onnx"].read_bytes())
+    raw = json.loads(exported["metadata"].read_text())
+    del raw["input"]["train_scale"]
+    raw["input"]["size"] = 193
+    (legacy / "model.json").write_text(json.dumps(raw))
+    assert load_predictor(legacy, scale="auto").inference_scale == 193
 
 
 def test_metadata_errors_name_file_and_key(exported: dict, tmp_path) -> None:
@@ -257,13 +294,27 @@ def test_cli_evaluate_gives_the_same_scores_for_checkpoint_and_exports(
         cv2.imwrite(str(tmp_path / "test" / "images" / f"p{seed}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(tmp_path / "test" / "masks" / f"p{seed}.png"), mask)
 
+    def evaluate(model_path, *options: str) -> dict:
+        assert cli.main(["evaluate", "--model", str(model_path), "--data", str(tmp_path), *options]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
     scores = {}
     for key in ("checkpoint", "onnx", "torchscript", "dir"):
-        assert cli.main(["evaluate", "--model", str(exported[key]), "--data", str(tmp_path)]) == 0
-        line = capsys.readouterr().out.strip().splitlines()[-1]
-        scores[key] = json.loads(line)
-        assert set(scores[key]) == {"acc", "acc_class", "miou", "fwiou", "boundary_f", "n_images", "ms_per_image"}
+        scores[key] = evaluate(exported[key])
+        assert set(scores[key]) == {
+            *("acc", "acc_class", "miou", "fwiou", "boundary_f", "n_images", "ms_per_image"),
+            *("inference_scale", "scales", "flip", "metric_resolution"),
+        }
         assert scores[key]["n_images"] == 3
+        assert scores[key]["inference_scale"] == INPUT_SIZE  # auto: the trained scale in model.pt / model.json
+        assert scores[key]["metric_resolution"] == "native"
     for key in ("onnx", "torchscript", "dir"):
         for metric in ("acc", "miou", "fwiou"):
             assert scores[key][metric] == pytest.approx(scores["checkpoint"][metric], abs=2e-3), (key, metric)
+
+    native = evaluate(exported["dir"], "--scale", "native")
+    assert native["inference_scale"] == "native" and native["n_images"] == 3
+    multi = evaluate(exported["dir"], "--scale", "129", "--multi-scale", "--flip")
+    assert (multi["inference_scale"], multi["scales"], multi["flip"]) == (129, [0.75, 1.0, 1.25], True)
+    assert cli.main(["evaluate", "--model", str(exported["dir"]), "--data", str(tmp_path), "--scale", "huge"]) == 2
+    assert "scale must be" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from sweep_helpers import tiny_train_config
 
 from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
-from hairseg_core.finalize import decide_promotion, finalize, load_test_split
+from hairseg_core.finalize import champion_inference_scale, decide_promotion, finalize, load_test_split
 from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS
+from hairseg_core.scaling import attach_train_scale, model_train_scale
 from hairseg_core.tracking import Tracker, resolve_model_uri
 from hairseg_core.train import Trainer
 
@@ -39,7 +41,8 @@ def tracker(tmp_path: Path) -> Tracker:
 
 
 def _settings(tmp_path: Path, **overrides) -> FinalizeSettings:
-    return FinalizeSettings(export_dir=str(tmp_path / "exports"), export_size=65, **overrides)
+    # 81, not the tiny config's base_size 65, so an export at the trained scale is told apart
+    return FinalizeSettings(export_dir=str(tmp_path / "exports"), export_size=81, **overrides)
 
 
 def test_decide_promotion_rules() -> None:
@@ -50,7 +53,17 @@ def test_decide_promotion_rules() -> None:
     assert not decide_promotion(0.60, 0.60, 0.0)[0]  # a tie keeps the champion
 
 
-def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tracker: Tracker) -> None:
+def test_champion_scale_from_tag_then_module_then_native() -> None:
+    tagged = SimpleNamespace(tags={"hairseg.inference_scale": "193"})
+    untagged = SimpleNamespace(tags={})
+    assert champion_inference_scale(tagged, torch.nn.Identity()) == 193
+    assert champion_inference_scale(untagged, attach_train_scale(torch.nn.Identity(), 129)) == 129
+    assert champion_inference_scale(untagged, torch.nn.Identity()) is None  # registered before: native
+
+
+def test_promotion_first_better_worse_and_champion_loads_back(
+    tmp_path: Path, tracker: Tracker, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Real checkpoints whose quality is known by construction: all-hair (mIoU ~0.1) < all-background (~0.4)."""
     cfg = _config(tmp_path)
     settings = _settings(tmp_path)
@@ -60,6 +73,13 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     # 1. the first model becomes champion
     first = finalize(all_hair, cfg.model_dump(), settings, tracker, parent_run_id=None, sweep="s1", progress=False)
     assert first.decision["promote"] and first.model_version == "1"
+    # the network ran at the trained scale (base_size 65) and says so; the export used the explicit size
+    assert first.inference_scale == first.decision["inference_scale"] == cfg.base_size == 65
+    assert "Table 5), network at 65 px, metrics at native size" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "exports" / "s1" / "model.json").read_text())
+    assert (meta["input"]["size"], meta["input"]["train_scale"]) == (81, 65)
+    run = tracker.client.get_run(first.finalize_run_id)
+    assert run.data.tags["hairseg.inference_scale"] == "65" and run.data.params["inference_scale"] == "65"
     assert str(tracker.champion("hairseg").version) == "1"
     # Table 5: four variants with every metric and a time per image; exports on disk
     assert [row["method"] for row in first.table] == list(TABLE5_VARIANTS)
@@ -73,12 +93,18 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     second = finalize(all_background, cfg.model_dump(), settings, tracker, None, sweep="s2", progress=False)
     assert second.decision["promote"], second.decision
     assert second.decision["champion_score"] == pytest.approx(first.table[0]["miou"])
+    assert second.decision["champion_inference_scale"] == 65  # from the champion's version tag
     assert second.table[0]["miou"] > first.table[0]["miou"] + 0.2
     assert str(tracker.champion("hairseg").version) == second.model_version == "2"
 
-    # 3. a worse model is registered but does not move the alias
-    third = finalize(all_hair, cfg.model_dump(), settings, tracker, None, sweep="s3", progress=False)
+    # 3. a worse model is registered but does not move the alias; with no export_size (what
+    # FinalizeSettings(export_size=None) means) the webcam export is made at the trained scale
+    no_size = settings.model_copy(update={"export_size": None})
+    third = finalize(all_hair, cfg.model_dump(), no_size, tracker, None, sweep="s3", progress=False)
     assert third.model_version == "3" and not third.decision["promote"]
+    assert third.export["input_size"] == 65
+    meta = json.loads((tmp_path / "exports" / "s3" / "model.json").read_text())
+    assert (meta["input"]["size"], meta["input"]["train_scale"]) == (65, 65)
     assert "champion kept" in third.decision["reason"]
     assert str(tracker.champion("hairseg").version) == "2"
 
@@ -100,6 +126,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     # models:/hairseg@champion loads back as the DeepLab module and reproduces the metrics
     model = tracker.load_model("models:/hairseg@champion")
     assert type(model).__name__ == "DeepLabV3Plus"
+    assert model_train_scale(model) == 65  # the scale travels inside the registered module
     test = load_test_split(cfg.model_dump(), "test", None)
     dataset = [{"image": i, "mask": m} for i, m in zip(test.images, test.masks, strict=True)]
     again = evaluate_predictor(ModelPredictor(model), dataset)
@@ -107,6 +134,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(tmp_path: Path, tr
     version = tracker.client.get_model_version("hairseg", "2")
     assert float(version.tags["test_miou"]) == pytest.approx(second.table[0]["miou"], abs=1e-6)
     assert version.tags["hairseg.sweep"] == "s2"
+    assert version.tags["hairseg.inference_scale"] == "65"
 
     # the exports behind the champion can be fetched by URI (what the webcam app does)
     local = resolve_model_uri("models:/hairseg@champion", tracking_uri=tracker.tracking_uri)

@@ -8,6 +8,10 @@ its MLflow run (``hairseg.node_id``), which is how the test sees where trials la
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import pytest
 from sweep_helpers import (
     LOOPBACK_DRIVER_ENV,
@@ -22,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 NUM_SAMPLES = 4
 EPOCHS = 2
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 
 
 def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:
@@ -39,3 +44,35 @@ def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:
     assert set(nodes.values()) == {w.node_id for w in workers}, f"trials per node: {nodes}"
     assert head_id not in nodes.values(), "the CPU-less head node cannot run a trial"
     assert {r.data.tags["hairseg.node_ip"] for r in runs.trials} == {"127.0.0.1"}
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="needs ../shared/weights/mobilenet_v2-b0353104.pth")
+def test_every_worker_node_gets_the_pretrained_file_from_the_driver(ws: Workspace, tmp_path: Path) -> None:
+    """ImageNet weights reach worker nodes whose torch hub caches are empty, with no network at all.
+
+    The driver's cache holds the file; ``HAIRSEG_OFFLINE=1`` everywhere means nothing may download.
+    The driver resolves the file once before Ray starts and trials install it into their node's cache
+    from the object store (``hairseg_core.tune.install_weights``).
+    """
+    driver_cache = tmp_path / "driver-torch" / "hub" / "checkpoints"
+    driver_cache.mkdir(parents=True)
+    shutil.copy(SHARED_WEIGHTS, driver_cache / SHARED_WEIGHTS.name)
+    worker_homes = [tmp_path / f"worker{i}-torch" for i in range(2)]
+    offline = {"HAIRSEG_OFFLINE": "1", "HAIRSEG_WEIGHTS_DIR": ""}
+    ws.extra_env.update({**LOOPBACK_DRIVER_ENV, **offline, "TORCH_HOME": str(tmp_path / "driver-torch")})
+    space = ws.space({"num_samples": 2, "max_concurrent_trials": 2, "fixed": {"epochs": 1, "pretrained": "imagenet"}})
+    envs = [{**offline, "TORCH_HOME": str(home)} for home in worker_homes]
+    with local_cluster(workers=2, worker_env=envs) as (cluster, workers):
+        sweep = ws.run(["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=300)
+    assert sweep.proc.returncode == 0, sweep.describe()
+
+    runs = sweep_runs(ws.tracking_uri)
+    check_sweep_accounted(runs, tune_results(ws.sweep_dir()), 2, 1)
+    nodes = {r.data.tags["hairseg.node_id"] for r in runs.trials}
+    assert nodes == {w.node_id for w in workers}, "each worker node ran a trial"
+    expected = hashlib.sha256(SHARED_WEIGHTS.read_bytes()).hexdigest()
+    for home in worker_homes:
+        installed = home / "hub" / "checkpoints" / SHARED_WEIGHTS.name
+        assert installed.is_file(), f"{installed} was not installed on that worker node"
+        assert hashlib.sha256(installed.read_bytes()).hexdigest() == expected
+        assert not list(installed.parent.glob("*.part")), "no temporary file left behind"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,7 @@ from sweep_helpers import (
     free_port,
     sweep_runs,
     tune_results,
+    wait_until,
 )
 
 NUM_SAMPLES = 4
@@ -148,6 +151,17 @@ def test_corrupt_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
     assert not sweep_runs(ws.tracking_uri).parents, "no MLflow parent run for a sweep that never started"
 
 
+def test_corrupt_test_image_fails_before_ray_naming_the_file(ws: Workspace) -> None:
+    """The final stage's test split is decoded before Ray, not read after hours of training."""
+    root, space = _folder_space(ws, splits=("train", "test"))
+    (root / "test" / "images" / "p4.png").write_bytes(b"\x89PNG cut short")
+    sweep = ws.run(["--space", str(space), "--quiet"], timeout=120)
+    assert sweep.proc.returncode == 2, sweep.describe()
+    assert "the final stage needs the 'test' split" in sweep.stderr and "p4.png" in sweep.stderr
+    assert "Started a local Ray instance" not in sweep.stderr
+    assert not sweep_runs(ws.tracking_uri).parents
+
+
 def test_set_overrides_are_validated_like_the_file(ws: Workspace) -> None:
     space = ws.space()
     bad = ws.run(["--space", str(space), "--set", "scheduler.grace_period=9"], timeout=120)
@@ -179,18 +193,36 @@ def test_unreachable_ray_cluster_exits_2_instead_of_hanging(ws: Workspace) -> No
     assert not ws.storage.exists()
 
 
-def test_crashing_trial_is_retried_then_errored_and_the_sweep_completes(ws: Workspace) -> None:
-    """A trial whose loss turns NaN is retried ``max_failures`` times, then marked errored; the rest finish.
+def test_deterministic_error_fails_once_and_a_killed_worker_is_retried(ws: Workspace) -> None:
+    """Errors that would repeat end the trial at its first attempt; a killed worker is retried.
 
-    ``lr_head: .inf`` is a real crash, not a mock: Adam's first step makes the weights NaN, the
-    next loss is NaN and the trainer's guard raises ``FloatingPointError`` inside the trial.
+    Both are real: ``lr_head: .inf`` makes Adam's first step turn the weights NaN, and the trainer's
+    guard raises ``FloatingPointError`` on the next loss (a seeded run does that on every attempt);
+    the other failure is a SIGKILL of a healthy trial's worker process mid-training, which a retry
+    on the same (or another) node fixes. ``max_failures: 1`` allows one retry.
     """
-    raw = _merge(TINY_SPACE, {"num_samples": 4, "max_failures": 1, "fixed": {"epochs": 2}, "seed": 1})
+    raw = _merge(TINY_SPACE, {"num_samples": 4, "max_failures": 1, "fixed": {"epochs": 4}, "seed": 1})
+    raw["fixed"]["max_steps_per_epoch"] = 6
     raw["params"] = {"lr_head": {"type": "categorical", "choices": [0.003, float("inf")]}}
     raw["scheduler"] = {"type": "fifo"}
     space = ws.cwd / "crashing.yaml"
     space.write_text(yaml.safe_dump(raw, sort_keys=False))
-    sweep = ws.run(["--space", str(space), "--no-finalize", "--quiet", "--num-cpus", "2"], timeout=300)
+    sweep = ws.start(["--space", str(space), "--no-finalize", "--quiet", "--num-cpus", "2"])
+
+    def healthy_trial_mid_run() -> tuple[str, int] | None:
+        """A trial with a finite lr_head, >= 1 reported epoch and epochs to go, and its worker pid."""
+        if sweep.proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before the kill: {sweep.describe()}")
+        if not ws.storage.is_dir() or not any(ws.storage.iterdir()):
+            return None
+        for trial_id, rows in tune_results(ws.sweep_dir()).items():
+            if rows[-1]["config"]["lr_head"] == 0.003 and 1 <= len(rows) < 3:
+                return trial_id, int(rows[-1]["pid"])
+        return None
+
+    killed, pid = wait_until(healthy_trial_mid_run, 240, "a healthy trial mid-run", 0.1)
+    os.kill(pid, signal.SIGKILL)
+    sweep.wait(300)
     assert sweep.proc.returncode == 0, sweep.describe()
 
     runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
@@ -205,10 +237,16 @@ def test_crashing_trial_is_retried_then_errored_and_the_sweep_completes(ws: Work
             assert run.info.status == "FAILED", f"crashed trial {trial_id} run is {run.info.status}"
             text = error_file.read_text()
             assert "FloatingPointError" in text and "training loss became nan" in text
-            assert text.count("Failure # ") == 2, "first attempt + max_failures=1 retry, then errored"
+            assert text.count("Failure # ") == 1, f"a deterministic error must not be retried:\n{text}"
+            assert "not retried" in run.data.tags["hairseg.error"]
+            assert "training loss became nan" in run.data.tags["hairseg.error"]
+        elif trial_id == killed:
+            assert error_file.read_text().count("Failure # ") == 1, "the killed attempt is the only failure"
+            assert run.info.status == "FINISHED"
+            assert [s for s, _ in runs.history(run.info.run_id)][-1] == 4, "the retry trained to the end"
         else:
             assert run.info.status == "FINISHED" and not error_file.exists()
-            assert [s for s, _ in runs.history(run.info.run_id)] == [1, 2]
+            assert [s for s, _ in runs.history(run.info.run_id)] == [1, 2, 3, 4]
     assert "training loss became nan" in sweep.stdout  # the summary table names the error
 
 

@@ -54,13 +54,18 @@ class DarkPixelsAreHair(nn.Module):
 
 def _export_rule(directory: Path, sharpness: float) -> Path:
     info = export_onnx(DarkPixelsAreHair(sharpness), directory / "model.onnx", example_size=128)
+    _describe_rule(directory, input_size=128, onnx_opset=info.opset, onnx_exporter=info.exporter)
+    return directory
+
+
+def _describe_rule(directory: Path, input_size: int, train_scale: int | None = None, **extra) -> Path:
     write_metadata(
         directory / "model.json",
-        input_size=128,
+        input_size=input_size,
+        train_scale=train_scale,
         model_config=DarkPixelsAreHair().config,
-        onnx_opset=info.opset,
-        onnx_exporter=info.exporter,
         files={"onnx": "model.onnx"},
+        **extra,
     )
     return directory
 
@@ -265,6 +270,27 @@ def test_app_headless_image_directory(rule_model: Path, tmp_path: Path, capsys) 
     for i in range(3):
         got = cv2.imread(str(out / f"img{i}.png"))
         _check_recoloured(cv2.imread(str(src / f"img{i}.png")), got, exact_background=True)
+
+
+def test_app_states_the_model_input_size_at_startup(rule_model: Path, tmp_path: Path, capsys) -> None:
+    """The app letterboxes to model.json's input size; it says whether that is the scale the model was trained
+    at, since a model run at another scale segments worse."""
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), _scene(3))
+    out = str(tmp_path / "out")
+    code = webcam.main(["--model", str(rule_model), "--source", str(image), "--headless", "--output", out])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "frames letterboxed to 128 px (the export records no trained scale)" in err
+    for input_size, train_scale, expected in [
+        (96, 96, "frames letterboxed to 96 px, the scale it was trained at"),
+        (128, 96, "letterboxed to 128 px, but it was trained at 96 px"),
+    ]:
+        directory = tmp_path / f"m{input_size}_{train_scale}"
+        directory.mkdir()
+        (directory / "model.onnx").write_bytes((rule_model / "model.onnx").read_bytes())
+        _describe_rule(directory, input_size=input_size, train_scale=train_scale)
+        assert expected in webcam.describe_model(str(directory), load_predictor(directory))
 
 
 def test_app_clear_errors(rule_model: Path, video, tmp_path: Path, capsys) -> None:

@@ -1,14 +1,15 @@
 """Fetch and unpack the public hair datasets (LFW Part Labels, Figaro-1k).
 
-Only standard-library HTTP is used (``urllib``), so this works wherever Python does. The
-files are licensed for non-commercial research; downloading is an explicit user action and
-nothing in the library calls it implicitly.
+The HTTP side is the shared :mod:`hairseg_core.download` (standard-library ``urllib`` only, so
+this works wherever Python does). The files are licensed for non-commercial research;
+downloading is an explicit user action and nothing in the library calls it implicitly.
 
 Robustness rules:
 
 * bytes go to ``<file>.part`` and are renamed only once complete (and verified), so an
   interrupted download never leaves a file that looks finished; a later call resumes the
   ``.part`` with an HTTP Range request when the server supports it, else starts over;
+  connection errors, 5xx answers and short bodies are retried a few times with backoff;
 * a known checksum (sha256, or md5 where only that is published) is verified and a
   mismatch deletes the download and raises :class:`DownloadError` naming the URL;
 * archives (.tgz/.tar.gz/.tar/.zip) are unpacked into ``dest`` with path-traversal
@@ -17,23 +18,21 @@ Robustness rules:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from hairseg_core import download as _http
 from hairseg_core.data.errors import DownloadError
+from hairseg_core.download import download_file, file_digest
 
-CHUNK = 1 << 16
+__all__ = ["SOURCES", "DownloadError", "RemoteFile", "download_dataset", "extract_archive", "fetch", "file_digest"]
+
 TIMEOUT_S = 60.0
 USER_AGENT = "hairseg-dataset-downloader/1.0"
 
@@ -117,76 +116,23 @@ def _resolve_files(
 
 
 def fetch(remote: RemoteFile, path: Path, progress: bool = True) -> Path:
-    """Download ``remote`` to ``path`` (via ``path.part``) unless a verified copy is already there."""
-    if path.is_file():
-        if _digest_problem(path, remote) is None:
-            return path
-        path.unlink()  # stale or corrupt leftover: fetch again
-    part = path.with_name(path.name + ".part")
-    _stream(remote.url, part, progress)
-    problem = _digest_problem(part, remote)
-    if problem is not None:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"checksum mismatch for {remote.url}: {problem}; the download was deleted")
-    os.replace(part, path)
-    return path
+    """Download ``remote`` to ``path`` (via ``path.part``) unless a verified copy is already there.
 
-
-def _stream(url: str, part: Path, progress: bool) -> None:
-    """Write the body of ``url`` to ``part``, resuming an existing partial file when possible."""
-    offset = part.stat().st_size if part.is_file() else 0
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
+    The HTTP work (part file, resume, retries, checksum) is :func:`hairseg_core.download.download_file`;
+    its errors are re-raised as the data layer's :class:`DownloadError` so callers keep one type to catch.
+    """
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # the partial file is already complete (or bogus): restart
-            part.unlink(missing_ok=True)
-            return _stream(url, part, progress)
-        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"cannot download {url}: {reason}") from exc
-    with response:
-        resumed = offset > 0 and response.status == 206
-        if not resumed:
-            offset = 0  # server ignored the Range header: start from scratch
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        desc = Path(urllib.parse.urlparse(url).path).name or url
-        try:
-            with (
-                open(part, "ab" if resumed else "wb") as out,
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar,
-            ):
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        except OSError as exc:
-            raise DownloadError(f"download of {url} was interrupted: {exc}; run again to resume") from exc
-    if total is not None and part.stat().st_size != total:
-        raise DownloadError(
-            f"download of {url} is incomplete ({part.stat().st_size} of {total} bytes); run again to resume"
+        return download_file(
+            remote.url,
+            path,
+            sha256=remote.sha256,
+            md5=remote.md5,
+            progress=progress,
+            timeout=TIMEOUT_S,
+            user_agent=USER_AGENT,
         )
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _digest_problem(path: Path, remote: RemoteFile) -> str | None:
-    for algorithm, expected in (("sha256", remote.sha256), ("md5", remote.md5)):
-        if expected:
-            actual = file_digest(path, algorithm)
-            if actual.lower() != expected.lower():
-                return f"expected {algorithm} {expected.lower()}, got {actual}"
-    return None
+    except _http.DownloadError as exc:
+        raise DownloadError(str(exc)) from exc
 
 
 def _is_archive(path: Path) -> bool:

@@ -1,5 +1,6 @@
 """DeepLabv3+ model zoo: :func:`build_model` turns a config (backbone name, output stride, widths) into a
-network, optionally with offline-loaded pretrained backbone weights; :func:`param_groups` gives the
+network, optionally with ImageNet backbone weights (fetched once into the torch hub cache, see
+:mod:`.fetch`); :func:`param_groups` gives the
 paper's two learning rates (backbone 1e-4, head 1e-3)."""
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from torch import nn
 
 from .backbones import BACKBONES, PRETRAINED_SOURCES, SUPPORTED_OUTPUT_STRIDES, check_output_stride
 from .deeplabv3plus import DEFAULT_ASPP_RATES, DeepLabV3Plus
+from .fetch import ensure_imagenet_weights
 from .weights import (
     LoadReport,
     PretrainedSource,
     WeightsMismatchError,
     WeightsNotFoundError,
-    find_imagenet_weights,
     load_backbone_state,
     read_state_dict,
 )
@@ -45,15 +46,17 @@ def resolve_pretrained(
     pretrained: str | os.PathLike[str],
     weights_dir: str | os.PathLike[str] | None = None,
 ) -> Path | None:
-    """Weights file for ``pretrained`` ("none" → None, "imagenet" → local ImageNet file, else the path).
+    """Weights file for ``pretrained`` ("none" → None, "imagenet" → ImageNet file, else the path).
 
-    Resolved before the network is built so a missing file fails in milliseconds, not after building it.
+    "imagenet" uses a cached file, else fetches and verifies it on first use like torchvision (see
+    :mod:`.fetch`; never with ``$HAIRSEG_OFFLINE`` set). Resolved before the network is built so a missing
+    file fails in milliseconds, not after building it.
     """
     spec = os.fspath(pretrained)
     if spec.lower() == "none":
         return None
     if spec.lower() == "imagenet":
-        return find_imagenet_weights(backbone_name, PRETRAINED_SOURCES[backbone_name], weights_dir)
+        return ensure_imagenet_weights(backbone_name, weights_dir=weights_dir)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(
@@ -84,7 +87,8 @@ def build_model(
         backbone: a name in :data:`BACKBONES` (resnet50, resnet101, mobilenet_v2, mobilenet_v3_large,
             xception, drn_d_54).
         output_stride: 8 or 16; ASPP rates default to 12/24/36 resp. 6/12/18.
-        pretrained: "none", "imagenet" (local files only, see :mod:`.weights`) or a path to a backbone
+        pretrained: "none", "imagenet" (the torch hub cache, fetched on first use unless $HAIRSEG_OFFLINE;
+            see :mod:`.fetch`) or a path to a backbone
             or full-model state dict (.pth/.pt/.safetensors).
         aspp_channels / decoder_channels: head widths; shrink them for a faster webcam model.
         aspp_rates: override of the three atrous rates.

@@ -240,20 +240,31 @@ def drn_d_54_backbone(output_stride: int = 16) -> nn.Module:
 # ------------------------------------------------------------------------------------- pretrained files
 
 
-def _torchvision_source(weights_enum: type[tvm.WeightsEnum], unused_prefixes: tuple[str, ...]) -> PretrainedSource:
+def _torchvision_source(
+    weights_enum: type[tvm.WeightsEnum], unused_prefixes: tuple[str, ...], sha256: dict[str, str] | None = None
+) -> PretrainedSource:
     """File names exactly as torchvision caches them; the enum's DEFAULT (newest recipe) is preferred."""
     ordered = [weights_enum.DEFAULT, *[w for w in weights_enum if w is not weights_enum.DEFAULT]]
     return PretrainedSource(
         file_names=tuple(w.url.rsplit("/", 1)[-1] for w in ordered),
         url=ordered[0].url,
         unused_prefixes=unused_prefixes,
+        sha256=sha256 or {},
     )
+
+
+# Full digests of files seen byte for byte (the file-name hash prefix is checked for every file regardless).
+_MOBILENET_V2_SHA256 = {
+    "mobilenet_v2-b0353104.pth": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+}
 
 
 PRETRAINED_SOURCES: dict[str, PretrainedSource] = {
     "resnet50": _torchvision_source(tvm.ResNet50_Weights, ("fc.",)),
     "resnet101": _torchvision_source(tvm.ResNet101_Weights, ("fc.",)),
-    "mobilenet_v2": _torchvision_source(tvm.MobileNet_V2_Weights, ("classifier.", "features.18.")),
+    "mobilenet_v2": _torchvision_source(
+        tvm.MobileNet_V2_Weights, ("classifier.", "features.18."), sha256=_MOBILENET_V2_SHA256
+    ),
     "mobilenet_v3_large": _torchvision_source(tvm.MobileNet_V3_Large_Weights, ("classifier.",)),
     "xception": PretrainedSource(
         file_names=("xception65.ra3_in1k.safetensors", "xception65.ra3_in1k.pth"),

@@ -1,10 +1,16 @@
-"""Offline-safe loading of pretrained backbone weights.
+"""Offline-safe lookup and loading of pretrained backbone weights.
 
-Sweeps run on machines (and CI) without internet, so nothing here downloads. ImageNet weights are looked
-up, in order, in an explicit ``weights_dir``, in ``$HAIRSEG_WEIGHTS_DIR``, in the torch hub cache
-(``torch.hub.get_dir()/checkpoints``, where torchvision itself stores them) and, for timm models, in the
-Hugging Face hub cache. When the file is absent, :class:`WeightsNotFoundError` says which file to fetch,
-from where, where to put it, and that ``pretrained: none`` trains from scratch instead.
+This module itself never touches the network. ImageNet weights are looked up, in order, in an explicit
+``weights_dir``, in ``$HAIRSEG_WEIGHTS_DIR``, in the torch hub cache (``torch.hub.get_dir()/checkpoints``,
+where torchvision itself stores them) and, for timm models, in the Hugging Face hub cache.
+:func:`find_imagenet_weights` is that pure local lookup; when the file is absent,
+:class:`WeightsNotFoundError` says which file to fetch, from where, where to put it, and that
+``pretrained: none`` trains from scratch instead.
+
+Fetching on first use (like torchvision) lives in :mod:`.fetch`: ``pretrained: imagenet`` downloads a
+missing file into the torch hub cache with hash verification, from the original URL or from a mirror
+(``$HAIRSEG_WEIGHTS_MIRROR``), and never downloads when ``$HAIRSEG_OFFLINE`` is set, so sweeps on machines
+(and CI) without internet fail in milliseconds with the same instructions instead of waiting on timeouts.
 
 Every backbone keeps the parameter names of the library it comes from (torchvision, timm, fyu/drn), so an
 original ImageNet checkpoint and a ``backbone.state_dict()`` saved by this package load the same way. Keys
@@ -36,7 +42,7 @@ _MAX_KEYS_IN_MESSAGE = 8
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights were asked for but no local file holds them (nothing is ever downloaded)."""
+    """Pretrained weights were asked for but no local file holds them (and none could be, or may be, fetched)."""
 
 
 class WeightsMismatchError(ValueError):
@@ -47,9 +53,11 @@ class WeightsMismatchError(ValueError):
 class PretrainedSource:
     """Where a backbone's ImageNet weights come from and what in them is not part of the backbone.
 
-    ``file_names`` are tried in order (the first is the one recommended in error messages); ``url`` is where
-    that first file can be downloaded by hand. ``unused_prefixes`` name checkpoint keys that belong to the
+    ``file_names`` are tried in order (the first is the one recommended in error messages and fetched from
+    ``url``; a mirror may hold any of them). ``unused_prefixes`` name checkpoint keys that belong to the
     ImageNet classifier (or layers the segmentation backbone drops) and may be left over without error.
+    ``sha256`` maps file names to their full digest where it is known; a fetched file is always checked
+    against the hash prefix in its name (torchvision's ``-b0353104``) and, when listed here, the full digest.
     """
 
     file_names: tuple[str, ...]
@@ -58,6 +66,8 @@ class PretrainedSource:
     hf_hub_id: str | None = None
     hf_filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
     notes: str = ""
+    # hash=False: a dict is unhashable, and the file names already identify the source.
+    sha256: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -125,7 +135,8 @@ def find_imagenet_weights(
         f"ImageNet weights for backbone {backbone_name!r} not found: expected file "
         f"{source.file_names[0]!r}{alternatives}.\n"
         f"Searched:\n{searched}\n"
-        f"This package never downloads. On a machine with internet, fetch {source.url} and place it "
+        f"Nothing was downloaded: run `hairseg weights fetch {backbone_name}`, or on a machine with internet "
+        f"fetch {source.url} and place it "
         f"under one of the directories above (or point ${WEIGHTS_DIR_ENV} / weights_dir at its folder)"
         f"{'; ' + source.notes if source.notes else ''}. "
         "To train from random initialisation instead, pass pretrained: none."
