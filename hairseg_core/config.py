@@ -22,7 +22,15 @@ REPORTED_METRICS = (
     "val_boundary_f",
     "val_loss",
     "train_loss",
+    # measured once per trial on its network (hairseg_core.latency) and reported with every epoch
+    "latency_ms",
+    "latency_p90_ms",
+    "params_m",
+    "gmacs",
 )
+
+#: Reported metrics that depend on the architecture alone: the same value in every epoch of a trial.
+ARCHITECTURE_METRICS = ("latency_ms", "latency_p90_ms", "params_m", "gmacs")
 
 
 class ConfigError(ValueError):
@@ -279,22 +287,79 @@ class ParamSpec(_Strict):
         return [self.low, self.high]
 
 
+class Objective(_Strict):
+    """One objective of the search: a reported metric and whether more or less is better."""
+
+    metric: str
+    mode: Literal["max", "min"]
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, value: str) -> str:
+        if value not in REPORTED_METRICS:
+            raise ValueError(f"metric {value!r} is not reported by trials; expected one of {REPORTED_METRICS}")
+        return value
+
+
+class SelectSpec(_Strict):
+    """Which trial of the sweep the final stage exports (``hairseg_core.pareto.select``).
+
+    ``best``: the best by the first objective (ties: by the next ones). ``fastest_within``: the lowest
+    ``latency_ms`` among trials whose ``metric`` is within ``max_drop`` of the best value of it.
+    ``best_under``: the best by the first other objective among trials whose ``metric`` (one to
+    minimise, e.g. ``latency_ms``) is at most ``limit``.
+    """
+
+    rule: Literal["best", "fastest_within", "best_under"] = "best"
+    metric: str | None = None
+    max_drop: Annotated[float, Field(ge=0)] | None = None
+    limit: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _keys_of_rule(self) -> SelectSpec:
+        needs = {"best": set(), "fastest_within": {"metric", "max_drop"}, "best_under": {"metric", "limit"}}[self.rule]
+        for key in ("metric", "max_drop", "limit"):
+            given = getattr(self, key) is not None
+            if key in needs and not given:
+                raise ValueError(f"rule {self.rule} needs {key}")
+            if key not in needs and given:
+                raise ValueError(f"rule {self.rule} takes no {key} (it takes {sorted(needs) or 'nothing else'})")
+        return self
+
+
 class SchedulerSpec(_Strict):
-    """ASHA early stopping. ``max_t`` defaults to the trials' epoch count."""
+    """ASHA early stopping. ``max_t`` defaults to the trials' epoch count.
+
+    ``metric`` is the one objective ASHA compares trials on at each rung (default: the first
+    objective); it must be one of the objectives.
+    """
 
     type: Literal["asha", "fifo"] = "asha"
     max_t: Annotated[int, Field(ge=1)] | None = None
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 2
+    metric: str | None = None
 
 
 class SearcherSpec(_Strict):
-    """Optuna settings. ``storage`` (e.g. ``sqlite:///optuna.db``) keeps the study on disk."""
+    """Optuna settings. ``storage`` (e.g. ``sqlite:///optuna.db``) keeps the study on disk.
 
-    sampler: Literal["tpe", "random"] = "tpe"
+    ``tpe`` and ``random`` take one or several objectives; ``nsga2`` (NSGA-II) is built for several:
+    its first generation (``population_size`` trials, Optuna's default 50) is random, later ones
+    are bred from the non-dominated trials.
+    """
+
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
+    population_size: Annotated[int, Field(ge=2)] | None = None
     storage: str | None = None
     study_name: str | None = None
+
+    @model_validator(mode="after")
+    def _population_for_nsga2(self) -> SearcherSpec:
+        if self.population_size is not None and self.sampler != "nsga2":
+            raise ValueError(f"population_size is an NSGA-II setting; sampler {self.sampler} does not use it")
+        return self
 
 
 class ResourcesSpec(_Strict):
@@ -318,8 +383,17 @@ class FinalizeSettings(_Strict):
     max_test_images: Annotated[int, Field(ge=1)] | None = None
     promote_metric: Literal["acc", "acc_class", "miou", "fwiou", "boundary_f"] = "miou"
     promote_margin: float = 0.0
+    # Promotion needs the paired bootstrap interval of (new - champion) above promote_margin at this
+    # confidence: a point estimate on a few dozen test images moves by more than typical gains.
+    promote_confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    bootstrap_resamples: Annotated[int, Field(ge=1000)] = 2000
+    bootstrap_seed: int = 0
     # letterbox size of the exported webcam model; None: the short side the model was trained at
     export_size: Annotated[int, Field(ge=32)] | None = None
+    # every trial's latency_ms: median of latency_repeats CPU passes at export_size, batch 1, with
+    # latency_threads torch threads (fixed, so trials given different CPU counts compare)
+    latency_threads: Annotated[int, Field(ge=1)] = 1
+    latency_repeats: Annotated[int, Field(ge=20)] = 20
     export_dir: str = "exports"
     crf: dict[str, Any] = Field(default_factory=dict)
     matting: dict[str, Any] = Field(default_factory=lambda: {"method": "mishima", "trimap_width": 10})
@@ -350,8 +424,11 @@ class SearchSpace(_Strict):
 
     name: str
     description: str = ""
+    # one objective: metric / mode; several: objectives (metric / mode are then the first of them)
     metric: str = "val_miou"
     mode: Literal["max", "min"] = "max"
+    objectives: list[Objective] = Field(default_factory=list)
+    select: SelectSpec = Field(default_factory=SelectSpec)
     num_samples: Annotated[int, Field(ge=1)] = 8
     max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
@@ -381,6 +458,74 @@ class SearchSpace(_Strict):
                     f"params.{name}: has no effect, {where}; set {switch} to one of {sorted(enabling, key=str)} "
                     f"(fixed or searched) or drop {name}"
                 )
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> SearchSpace:
+        """One objective list for everything downstream; ``metric`` / ``mode`` stay its first entry."""
+        if not self.objectives:
+            if "objectives" in self.model_fields_set:
+                raise ValueError("objectives: empty; list at least one {metric, mode} (or leave it out)")
+            if self.metric not in REPORTED_METRICS:
+                raise ValueError(
+                    f"metric {self.metric!r} is not reported by trials; expected one of {REPORTED_METRICS}"
+                )
+            self.objectives = [Objective(metric=self.metric, mode=self.mode)]
+        first = self.objectives[0]
+        for key in ("metric", "mode"):
+            if key in self.model_fields_set and getattr(self, key) != getattr(first, key):
+                raise ValueError(
+                    f"{key}: {getattr(self, key)!r} contradicts objectives[0].{key} {getattr(first, key)!r}; "
+                    f"with objectives, leave {key} out (it is the first objective's)"
+                )
+        self.metric, self.mode = first.metric, first.mode
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: each metric may appear once, got {metrics}")
+        if self.scheduler.metric is not None and self.scheduler.metric not in metrics:
+            raise ValueError(
+                f"scheduler.metric: {self.scheduler.metric!r} is not an objective; ASHA stops trials on one of "
+                f"{metrics}"
+            )
+        select = self.select
+        if select.metric is not None:
+            if select.metric not in metrics:
+                raise ValueError(f"select.metric: {select.metric!r} is not among the objectives {metrics}")
+            if select.rule == "fastest_within":
+                if "latency_ms" not in metrics:
+                    raise ValueError(f"select: rule fastest_within needs latency_ms among the objectives {metrics}")
+                if select.metric == "latency_ms":
+                    raise ValueError("select.metric: fastest_within bounds an accuracy metric, not latency_ms itself")
+            if select.rule == "best_under":
+                if self.objective(select.metric).mode != "min":
+                    raise ValueError(
+                        f"select.metric: best_under bounds a metric to minimise (e.g. latency_ms); "
+                        f"{select.metric} is maximised"
+                    )
+                if len(metrics) < 2:
+                    raise ValueError("select: best_under needs a second objective to rank the trials under the limit")
+        return self
+
+    def objective(self, metric: str) -> Objective:
+        """The objective of ``metric`` (KeyError when it is none)."""
+        for objective in self.objectives:
+            if objective.metric == metric:
+                return objective
+        raise KeyError(metric)
+
+    @property
+    def scheduler_objective(self) -> Objective:
+        """What ASHA compares trials on at each rung: ``scheduler.metric``, default the first objective."""
+        return self.objective(self.scheduler.metric) if self.scheduler.metric else self.objectives[0]
+
+    @property
+    def epoch_objective(self) -> Objective:
+        """What picks a trial's best epoch (and checkpoint): the first objective that changes per epoch.
+
+        Latency, parameters and MACs are the same in every epoch of a trial, so they cannot rank its
+        epochs; with only such objectives the first one is returned (every epoch ties).
+        """
+        per_epoch = [o for o in self.objectives if o.metric not in ARCHITECTURE_METRICS]
+        return (per_epoch or self.objectives)[0]
 
     @model_validator(mode="after")
     def _check_semantics(self) -> SearchSpace:

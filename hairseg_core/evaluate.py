@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hairseg_core.bootstrap import PerImageCounts
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.scaling import (
     ScaleArg,
@@ -136,8 +137,13 @@ def evaluate_predictor(
     max_images: int | None = None,
     progress: bool = False,
     desc: str = "evaluating",
+    per_image: PerImageCounts | None = None,
 ) -> dict[str, float]:
-    """Acc, Acc_class, mIoU, fwIoU, boundary F, n_images and ms/image over a raw dataset."""
+    """Acc, Acc_class, mIoU, fwIoU, boundary F, n_images and ms/image over a raw dataset.
+
+    ``per_image``, when given, also receives each image's confusion and boundary counts (the
+    paired bootstrap of the promotion decision resamples them); the returned scores are the same.
+    """
     metrics = SegmentationMetrics(num_classes=2)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     if n == 0:
@@ -153,7 +159,11 @@ def evaluate_predictor(
             raise ValueError(
                 f"{sample.get('name', i)}: predictor returned {prob.shape}, expected the mask's {mask.shape}"
             )
-        metrics.update((prob >= 0.5).astype(np.int64), mask.astype(np.int64))
+        pred, target = (prob >= 0.5).astype(np.int64), mask.astype(np.int64)
+        if per_image is None:
+            metrics.update(pred, target)
+        else:
+            per_image.record(metrics, pred, target, name=str(sample.get("name", i)))
     scores = {k: float(v) for k, v in metrics.compute().items()}
     scores["n_images"] = n
     scores["ms_per_image"] = 1000.0 * elapsed / n

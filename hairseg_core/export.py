@@ -26,10 +26,8 @@ import contextlib
 import copy
 import io
 import json
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .latency import LatencyStats, measure_latency  # noqa: F401 - re-exported
 from .scaling import check_scale, model_train_scale
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -342,44 +341,8 @@ def parity_check(
 # ---------------------------------------------------------------------------------------------- latency
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Wall-clock statistics of repeated calls, in milliseconds."""
-
-    median_ms: float
-    mean_ms: float
-    p90_ms: float
-    min_ms: float
-    repeats: int
-
-    @property
-    def fps(self) -> float:
-        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
-
-
-def measure_latency(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> LatencyStats:
-    """Call ``fn`` ``warmup`` times untimed (allocator, caches, lazy init), then time ``repeats`` calls.
-
-    The median is the headline number because a shared 2-core machine produces occasional slow outliers
-    that would dominate a mean.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    ordered = sorted(times)
-    return LatencyStats(
-        median_ms=statistics.median(times),
-        mean_ms=statistics.fmean(times),
-        p90_ms=ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))],
-        min_ms=ordered[0],
-        repeats=repeats,
-    )
+# LatencyStats and measure_latency live in hairseg_core.latency (trials measure their networks with them
+# too); imported here so ``from hairseg_core.export import measure_latency`` keeps working.
 
 
 # --------------------------------------------------------------------------------------------- metadata

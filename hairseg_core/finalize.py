@@ -10,7 +10,9 @@
    size defaults to the trained scale and ``model.json`` records it.
 4. The model is registered as ``hairseg``; alias ``champion`` moves to it only when it beats
    the current champion, re-evaluated *now on the same test images* at the champion's own
-   trained scale, by ``promote_margin``.
+   trained scale, by ``promote_margin`` with confidence: the lower bound of the paired bootstrap
+   interval of the difference (``hairseg_core.bootstrap``, resampling test images) must clear it.
+   Table 5 carries each variant's mIoU interval from the same resamples.
 
 All MLflow calls go through ``hairseg_core.tracking``.
 """
@@ -26,6 +28,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from hairseg_core.bootstrap import (
+    PairedComparison,
+    PerImageCounts,
+    bootstrap_weights,
+    metric_interval,
+    paired_bootstrap,
+)
 from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit
@@ -110,13 +119,18 @@ def other_sources_table(
 
 
 def postprocessing_table(
-    predictor: ModelPredictor, test: MaterializedSplit, settings: FinalizeSettings, progress: bool = True
+    predictor: ModelPredictor,
+    test: MaterializedSplit,
+    settings: FinalizeSettings,
+    progress: bool = True,
+    per_image: dict[str, PerImageCounts] | None = None,
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """Table 5: each variant's metrics and ms/image; plus example panels (image | variants).
 
     The network runs once per image, at the predictor's scale; CRF and matting get the probabilities
     resized back to the full image, which they refine against the full-resolution photo. Each
-    variant's time is the network's plus its own.
+    variant's time is the network's plus its own. ``per_image``, when given, is filled with each
+    variant's per-image counts (``{variant: PerImageCounts}``) for the bootstrap intervals.
     """
     processors = build_table5_variants(settings.crf, settings.matting)
     metrics = {name: SegmentationMetrics(num_classes=2) for name in processors}
@@ -132,7 +146,11 @@ def postprocessing_table(
             start = time.perf_counter()
             hair = proc(image, probs)
             seconds[name] += net + time.perf_counter() - start
-            metrics[name].update((hair >= 0.5).astype(np.int64), mask.astype(np.int64))
+            pred, target = (hair >= 0.5).astype(np.int64), mask.astype(np.int64)
+            if per_image is None:
+                metrics[name].update(pred, target)
+            else:
+                per_image.setdefault(name, PerImageCounts()).record(metrics[name], pred, target, test.names[i])
             outputs[name] = hair
         if i < 4:
             gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
@@ -163,6 +181,55 @@ def decide_promotion(
     )
 
 
+def add_intervals(
+    table: list[dict[str, Any]],
+    counts: dict[str, PerImageCounts],
+    weights: np.ndarray,
+    confidence: float,
+    metric: str = "miou",
+) -> None:
+    """Put ``<metric>_lo`` / ``<metric>_hi`` (bootstrap percentile interval) into each Table 5 row.
+
+    All variants use the same resamples (``weights``), so overlapping intervals mean the same thing
+    in every row; with 40 test images a CRF "gain" of 0.003 usually sits well inside them.
+    """
+    for row in table:
+        estimate = metric_interval(counts[row["method"]], weights, metric, confidence)
+        row[f"{metric}_lo"], row[f"{metric}_hi"] = estimate.lo, estimate.hi
+
+
+def decide_paired_promotion(comparison: PairedComparison | None, margin: float) -> tuple[bool, str]:
+    """Promote when there is no champion, or the paired bootstrap interval's lower bound is above ``margin``.
+
+    A point estimate above the margin is not enough: on a few dozen test images, two equally good
+    models differ by noise, and promoting on noise makes the champion flip back and forth.
+    """
+    if comparison is None:
+        return True, "no current champion: the first registered model becomes champion"
+    if comparison.beats(margin):
+        return True, f"{comparison.describe()}: lower bound above the margin {margin:+.4f}, promoted"
+    return False, f"{comparison.describe()}: lower bound not above the margin {margin:+.4f}, champion kept"
+
+
+def promotion_tags(comparison: PairedComparison | None, prefix: str = "hairseg.promotion") -> dict[str, Any]:
+    """The interval behind a decision, as tags for the model version and the final-stage run."""
+    if comparison is None:
+        return {f"{prefix}.basis": "first model: no champion to compare with"}
+    return {
+        f"{prefix}.basis": "paired bootstrap over test images",
+        f"{prefix}.metric": comparison.metric,
+        f"{prefix}.diff": f"{comparison.diff:.6f}",
+        f"{prefix}.diff_mean": f"{comparison.diff_mean:.6f}",
+        f"{prefix}.ci_lo": f"{comparison.lo:.6f}",
+        f"{prefix}.ci_hi": f"{comparison.hi:.6f}",
+        f"{prefix}.confidence": comparison.confidence,
+        f"{prefix}.resamples": comparison.resamples,
+        f"{prefix}.images": comparison.n_images,
+        f"{prefix}.seed": comparison.seed,
+        f"{prefix}.champion_score": f"{comparison.champion_score:.6f}",
+    }
+
+
 def finalize(
     checkpoint_path: str | Path,
     train_config: dict[str, Any],
@@ -185,9 +252,16 @@ def finalize(
         f"network at short side {scale} px (its training base_size), metrics at native resolution"
     )
 
-    table, panels = postprocessing_table(predictor, test, settings, progress=progress)
+    counts: dict[str, PerImageCounts] = {}
+    table, panels = postprocessing_table(predictor, test, settings, progress=progress, per_image=counts)
+    # one set of resamples for Table 5's intervals and the promotion decision
+    weights = bootstrap_weights(len(test), settings.bootstrap_resamples, settings.bootstrap_seed)
+    add_intervals(table, counts, weights, settings.promote_confidence)
     print()
-    title = f"post-processing on the test split (paper Table 5), network at {scale} px, metrics at native size"
+    title = (
+        f"post-processing on the test split (paper Table 5), network at {scale} px, metrics at native size; "
+        f"miou_lo/miou_hi: {settings.promote_confidence:.0%} bootstrap interval ({len(weights)} resamples)"
+    )
     print(format_table(table, title=title))
     baseline = table[0]
     # every source's test split, network alone: the first source's row is Table 5's baseline
@@ -226,7 +300,11 @@ def finalize(
         )
     tracker.log_metrics(
         run_id,
-        {f"test_{r['method'].replace('+', '_')}_{k}": r[k] for r in table for k in (*TABLE_METRICS, "ms_per_image")},
+        {
+            f"test_{r['method'].replace('+', '_')}_{k}": r[k]
+            for r in table
+            for k in (*TABLE_METRICS, "ms_per_image", "miou_lo", "miou_hi")
+        },
         step=0,
     )
     from hairseg_core.visualize import metrics_bar_figure
@@ -244,19 +322,45 @@ def finalize(
     champion = tracker.champion(settings.registered_model)
     champion_score = None
     champion_scale: int | None = None
+    comparison: PairedComparison | None = None
     notes = []
     if champion is not None:
         champ_model = tracker.load_model(f"models:/{settings.registered_model}@champion")
         champion_scale = champion_inference_scale(champion, champ_model)
-        champ_scores = evaluate_predictor(ModelPredictor(champ_model, scale=champion_scale), _as_dataset(test))
+        champ_counts = PerImageCounts()
+        champ_scores = evaluate_predictor(
+            ModelPredictor(champ_model, scale=champion_scale), _as_dataset(test), per_image=champ_counts
+        )
         champion_score = champ_scores[settings.promote_metric]
+        comparison = paired_bootstrap(
+            counts[table[0]["method"]],
+            champ_counts,
+            settings.promote_metric,
+            confidence=settings.promote_confidence,
+            seed=settings.bootstrap_seed,
+            weights=weights,
+        )
         where = f"{champion_scale} px" if champion_scale else "native resolution (it records no trained scale)"
         notes.append(
             f"champion v{champion.version} re-evaluated on the same {len(test)} images, network at {where}: "
             f"{settings.promote_metric} {champion_score:.4f}"
         )
     new_score = baseline[settings.promote_metric]
-    promote, reason = decide_promotion(new_score, champion_score, settings.promote_margin, settings.promote_metric)
+    promote, reason = decide_paired_promotion(comparison, settings.promote_margin)
+    print(f"\npromotion decision: {'promote' if promote else 'keep the champion'}: {reason}")
+    tracker.set_tags(run_id, promotion_tags(comparison))
+    if comparison is not None:
+        tracker.log_metrics(
+            run_id,
+            {
+                "promotion_diff": comparison.diff,
+                "promotion_diff_mean": comparison.diff_mean,
+                "promotion_ci_lo": comparison.lo,
+                "promotion_ci_hi": comparison.hi,
+                "promotion_images": comparison.n_images,
+            },
+            step=0,
+        )
     decision = {
         "promote": promote,
         "reason": reason,
@@ -266,6 +370,8 @@ def finalize(
         "inference_scale": scale,
         "champion_inference_scale": describe_scale(champion_scale) if champion else None,
         "dry_run": dry_run,
+        "margin": settings.promote_margin,
+        "bootstrap": comparison.as_dict() if comparison is not None else None,
     }
     version = None
     if dry_run:
@@ -273,7 +379,7 @@ def finalize(
     else:
         version = tracker.register_model(
             run_id,
-            model,
+            export_dir,  # the ONNX model with its state-dict checkpoint: nothing pickled
             settings.registered_model,
             tags={
                 "hairseg.sweep": sweep,
@@ -287,6 +393,7 @@ def finalize(
                 **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS},
                 "hairseg.test_source": primary.name,
                 **{f"test_{r['source']}_{k}": f"{r[k]:.6f}" for r in per_source for k in TABLE_METRICS},
+                **promotion_tags(comparison),
             },
         )
         if promote:
@@ -315,7 +422,8 @@ def finalize(
 
 def champion_inference_scale(version: Any, model: Any) -> int | None:
     """The scale to re-evaluate a registered champion at: its ``hairseg.inference_scale`` tag, else the
-    scale pickled on the module; None (native, as it was measured then) for versions from before either.
+    scale ``Tracker.load_model`` attached from its checkpoint; None (native, as it was measured then) for
+    versions from before either.
 
     The champion must be measured the way it would be deployed, at its own trained scale, not at the
     challenger's: the two may have been trained at different sizes.

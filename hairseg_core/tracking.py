@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 import urllib.error
@@ -41,6 +42,39 @@ TAG_SWEEP = "hairseg.sweep"
 TAG_KIND = "hairseg.kind"
 TAG_TRIAL = "hairseg.trial_id"
 CHAMPION_ALIAS = "champion"
+TAG_SUPERSEDED_BY = "hairseg.superseded_by"
+TAG_SUPERSEDES = "hairseg.supersedes"
+#: The sweep run a trial run belongs to. Trial runs are top-level runs (see README "MLflow UI"): MLflow's
+#: runs table folds nested runs under a collapsed parent row and no saved view can unfold it.
+TAG_PARENT = "hairseg.parent_run_id"
+#: What MLflow's UI reads to open an experiment in its model-training view instead of the GenAI one
+#: (``mlflow.experimentKind``; values in the UI bundle: ``custom_model_development``, ``genai_development``).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: A run's description in the UI (its "Description" box and column).
+TAG_NOTE = "mlflow.note.content"
+#: Where MLflow puts a logged model's ``extra_files`` (the state-dict checkpoint and model.json).
+MODEL_EXTRA_DIR = "extra_files"
+#: Experiment tag prefix of the UI's saved views; ``?viewStateShareKey=<key>`` opens one.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+#: MLflow's own tags a replacement trial run keeps (the name, the description, the source).
+_COPIED_MLFLOW_TAGS = {
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    TAG_NOTE,
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.source.git.commit",
+}
+_EPOCH_IMAGE = re.compile(r"epoch(\d+)_")
+
+
+def _epoch_of(artifact_path: str) -> int | None:
+    """The epoch of a ``predictions/epoch003_0.png`` artifact, else None."""
+    found = _EPOCH_IMAGE.search(artifact_path.rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
+
+
 #: MLflow error codes that no retry can fix.
 PERMANENT_ERRORS = {
     "INVALID_PARAMETER_VALUE",
@@ -182,6 +216,34 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: v[:6000] for k, v in out.items()}
 
 
+def machine_description() -> dict[str, str]:
+    """CPU model, logical cores, GPU and OS of this machine: a sweep's timings mean little without them."""
+    import optuna
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "hairseg.cpu": cpu,
+        "hairseg.cpu_count": str(os.cpu_count()),
+        "hairseg.gpu": gpu,
+        "hairseg.platform": platform.platform(),
+        "hairseg.optuna": optuna.__version__,
+    }
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags (the UI's Source column): the sweep entry point, run locally or on a cluster."""
+    return {"mlflow.source.name": "pipelines/sweep.py", "mlflow.source.type": "LOCAL"}
+
+
 def environment_tags() -> dict[str, str]:
     """Versions and git commit, so a result can be traced to the code that made it."""
     import ray
@@ -193,6 +255,7 @@ def environment_tags() -> dict[str, str]:
         "hairseg.ray": ray.__version__,
         "hairseg.mlflow": mlflow.__version__,
         "hairseg.host": platform.node(),
+        **machine_description(),
     }
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -232,11 +295,22 @@ class Tracker:
         return self._experiment_id
 
     def _ensure_experiment(self) -> str:
+        """The experiment's id, creating it tagged as model training (an older one gets the tag now).
+
+        Without ``mlflow.experimentKind`` MLflow 3's UI guesses, and an experiment it cannot classify
+        opens in the GenAI view (traces, no runs table).
+        """
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=self._artifact_location)
+            return self.client.create_experiment(
+                self.experiment,
+                artifact_location=self._artifact_location,
+                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
+            )
         except MlflowException:  # created concurrently by another process
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None:
@@ -268,7 +342,21 @@ class Tracker:
         if existing:
             with_retries(lambda: self.client.update_run(existing, status="RUNNING"), "reopen parent run")
             return existing
-        tags = {TAG_SWEEP: sweep, TAG_KIND: "sweep", MLFLOW_RUN_NAME: sweep, **environment_tags()}
+        note = (
+            f"Sweep **{sweep}**: {space.get('num_samples', '?')} trials of search space "
+            f"`{space.get('name', '?')}`, objective `{space.get('metric', '?')}` ({space.get('mode', '?')}). "
+            "Each trial is a run of its own in this experiment, tagged `hairseg.sweep`; this run holds the "
+            "search space, the results table, the best configuration and the Optuna plots, and its child "
+            "run `<sweep>-finalize` holds Table 5, the exports and the registered model."
+        )
+        tags = {
+            TAG_SWEEP: sweep,
+            TAG_KIND: "sweep",
+            MLFLOW_RUN_NAME: sweep,
+            TAG_NOTE: note,
+            **source_tags(),
+            **environment_tags(),
+        }
         run = with_retries(
             lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run"
         )
@@ -276,10 +364,47 @@ class Tracker:
         params = flatten_params({k: v for k, v in space.items() if k != "params"})
         params["search_space"] = json.dumps(space.get("params", {}), sort_keys=True)
         self.log_params(run_id, params)
-        self.client.log_dict(run_id, dict(space), "search_space.json")
+        self.log_dict(run_id, dict(space), "search_space.json")
         if space_file and Path(space_file).is_file():
-            self.client.log_artifact(run_id, space_file)
+            with_retries(lambda: self.client.log_artifact(run_id, space_file), "log search space file")
         return run_id
+
+    def save_sweep_view(self, sweep: str, space: Mapping[str, Any]) -> str:
+        """Save the UI view a sweep is compared in (an experiment tag) and return its share key.
+
+        ``<ui>/#/experiments/<id>/runs?viewStateShareKey=<key>`` then opens the runs table filtered to
+        this sweep, best trial first, with the sampled parameters and the validation metrics as columns,
+        and a chart view comparing every trial. The view is also listed in the page's saved-views menu.
+        """
+        key = view_key(sweep)
+        state = sweep_view_state(sweep, space)
+        now = int(time.time() * 1000)
+        envelope = json.dumps({"name": f"sweep {sweep}", "createdAt": now, "updatedAt": now, "state": state})
+        with_retries(
+            lambda: self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + key, envelope),
+            "save sweep view",
+        )
+        return key
+
+    def log_datasets(self, run_id: str, fingerprints: Iterable[Any], context: str = "training") -> None:
+        """The run's data sources as MLflow dataset inputs (the UI's Dataset column and run page)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=f.name,
+                    digest=f.digest[:36],
+                    source_type="local",
+                    source=json.dumps({"uri": f.root}),
+                    profile=json.dumps({"dataset": f.dataset, **{f"num_{k}": v for k, v in f.counts.items()}}),
+                ),
+                tags=[InputTag("mlflow.data.context", context)],
+            )
+            for f in fingerprints
+        ]
+        if inputs:
+            with_retries(lambda: self.client.log_inputs(run_id, datasets=inputs), "log dataset inputs")
 
     # ----------------------------------------------------------------- trial runs
     def start_trial(
@@ -290,26 +415,67 @@ class Tracker:
         trial_name: str,
         params: Mapping[str, Any],
         run_id: str | None = None,
+        sampled: Mapping[str, Any] | None = None,
+        datasets: Iterable[Any] = (),
     ) -> str:
-        """Return the trial's run: the one given (from its checkpoint), the one tagged for it, or a new one."""
+        """Return the trial's run: the one given (from its checkpoint), the one tagged for it, or a new one.
+
+        A new run is a top-level run of the experiment (not nested under the sweep's run, which MLflow's
+        runs table would show collapsed), linked to its sweep by ``hairseg.sweep`` and
+        ``hairseg.parent_run_id``; it gets a description naming its ``sampled`` values, the code's git
+        commit and ``datasets`` (:mod:`hairseg_core.data.fingerprint`) as dataset inputs.
+        """
         if run_id is None:
             run_id = self.find_trial(sweep, trial_id)
         if run_id is not None:
             with_retries(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen trial run")
             return run_id
+        values = ", ".join(f"{k}={v}" for k, v in (sampled or {}).items()) or "no sampled values"
         tags = {
             TAG_SWEEP: sweep,
             TAG_KIND: "trial",
             TAG_TRIAL: trial_id,
-            MLFLOW_PARENT_RUN_ID: parent_run_id,
+            TAG_PARENT: parent_run_id,
             MLFLOW_RUN_NAME: trial_name,
+            TAG_NOTE: f"Trial {trial_id} of sweep **{sweep}**: {values}.",
+            **source_tags(),
+            **environment_tags(),
         }
         run = with_retries(
             lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=trial_name),
             "create trial run",
         )
         self.log_params(run.info.run_id, flatten_params(params))
+        self.log_datasets(run.info.run_id, datasets)
         return run.info.run_id
+
+    def copy_datasets(self, src_run_id: str, dst_run_id: str) -> None:
+        """Log the dataset inputs of one run onto another (a trial fed the sweep's shared data)."""
+        run = self.get_run(src_run_id)
+        datasets = list(run.inputs.dataset_inputs) if run.inputs is not None else []
+        if datasets:
+            with_retries(lambda: self.client.log_inputs(dst_run_id, datasets=datasets), "copy dataset inputs")
+
+    def log_best_metrics(self, run_id: str) -> dict[str, float]:
+        """``best_val_*`` on a trial's run from its per-epoch history (max, min for losses); returns them.
+
+        MLflow's runs table and bar charts show a metric's last value; ASHA compares trials by their
+        best epoch, and a trial's last epoch is often not its best, so the best values are logged too.
+        """
+        run = self.get_run(run_id)
+        best: dict[str, float] = {}
+        last_step = 0
+        for key in run.data.metrics:
+            if not key.startswith("val_"):
+                continue
+            history = with_retries(lambda key=key: self.client.get_metric_history(run_id, key), "read metric history")
+            values = [m.value for m in history if m.value == m.value]  # NaN never wins
+            last_step = max([last_step, *(m.step for m in history)])
+            if values:
+                best[f"best_{key}"] = min(values) if "loss" in key else max(values)
+        if best:
+            self.log_metrics(run_id, best, step=last_step)
+        return best
 
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
@@ -355,8 +521,112 @@ class Tracker:
         with_retries(lambda: self.client.log_dict(run_id, dict(data), artifact_file), "log dict")
 
     # ----------------------------------------------------------------- final stage + registry
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with_retries(lambda: self.client.log_text(run_id, text, artifact_file), "log text")
+
+    def get_run(self, run_id: str) -> Any:
+        return with_retries(lambda: self.client.get_run(run_id), "get run")
+
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(with_retries(lambda: self.client.download_artifacts(run_id, path, str(dst)), "download artifact"))
+
+    def latest_sweep_runs(self, max_results: int = 50) -> list[Any]:
+        """The experiment's sweep parent runs, newest first."""
+        return with_retries(
+            lambda: self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
+                order_by=["attributes.start_time DESC"],
+                max_results=max_results,
+            ),
+            "search sweep runs",
+        )
+
+    # ----------------------------------------------------------------- restarted trial attempts
+    def logged_epochs(self, run_id: str, key: str = "val_miou") -> list[int]:
+        """The steps (epochs) ``key`` was logged at in ``run_id``, in logging order, repeats included."""
+        history = with_retries(lambda: self.client.get_metric_history(run_id, key), "read metric history")
+        return [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))]
+
+    def current_trial_run(self, sweep: str, trial_id: str, hint: str | None) -> str | None:
+        """The trial's live run: ``hint`` (from a checkpoint) unless it was superseded, else the tagged one.
+
+        A checkpoint written before a restarted attempt replaced the trial's run still names the old
+        run; that one is deleted and points at its successor (tag ``hairseg.superseded_by``).
+        """
+        if hint is not None:
+            run = self.get_run(hint)
+            if run.info.lifecycle_stage != "deleted" and TAG_SUPERSEDED_BY not in run.data.tags:
+                return hint
+        return self.find_trial(sweep, trial_id)
+
+    def supersede_trial_run(self, run_id: str, keep_through: int, reason: str) -> str:
+        """Replace a trial's run by a copy holding only its epochs ``1..keep_through``; return the copy.
+
+        Used when an attempt restarts from an older checkpoint (or from scratch) than the run's last
+        logged epoch: the epochs after ``keep_through`` are trained again, and logging them into the
+        same run would give one epoch two values (MLflow cannot delete logged values). The copy gets
+        the run's tags, parameters, every metric value at steps <= ``keep_through`` (system metrics up
+        to the moment that epoch was logged) and the per-epoch prediction images of those epochs; the
+        old run is tagged ``hairseg.superseded_by`` and deleted (hidden from the UI and from searches;
+        ``MlflowClient.restore_run`` brings it back).
+        """
+        old = self.get_run(run_id)
+        keep_tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") or k in _COPIED_MLFLOW_TAGS}
+        keep_tags[TAG_SUPERSEDES] = run_id
+        keep_tags["hairseg.supersede_reason"] = reason
+        new = with_retries(
+            lambda: self.client.create_run(
+                old.info.experiment_id, tags=keep_tags, run_name=old.info.run_name, start_time=old.info.start_time
+            ),
+            "create replacement trial run",
+        )
+        new_id = new.info.run_id
+        self.log_params(new_id, dict(old.data.params))
+        self.copy_datasets(run_id, new_id)
+        epoch_time: int | None = None
+        metrics: list[Metric] = []
+        for key in old.data.metrics:
+            history = with_retries(lambda key=key: self.client.get_metric_history(run_id, key), "read metric history")
+            if not key.startswith("system/"):
+                kept = [m for m in history if m.step <= keep_through]
+                metrics += kept
+                if key == "val_miou" and kept:
+                    epoch_time = max(m.timestamp for m in kept)
+        for key in (k for k in old.data.metrics if k.startswith("system/")):
+            history = with_retries(lambda key=key: self.client.get_metric_history(run_id, key), "read metric history")
+            metrics += [m for m in history if epoch_time is not None and m.timestamp <= epoch_time]
+        for i in range(0, len(metrics), 500):
+            chunk = [Metric(m.key, m.value, m.timestamp, m.step) for m in metrics[i : i + 500]]
+            with_retries(lambda chunk=chunk: self.client.log_batch(new_id, metrics=chunk), "copy metrics")
+        self._copy_epoch_images(run_id, new_id, keep_through)
+        self.set_tags(run_id, {TAG_SUPERSEDED_BY: new_id})
+        with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), "end superseded run")
+        with_retries(lambda: self.client.delete_run(run_id), "delete superseded run")
+        return new_id
+
+    def _copy_epoch_images(self, src: str, dst: str, keep_through: int) -> None:
+        import tempfile
+
+        files = with_retries(lambda: self.client.list_artifacts(src, "predictions"), "list artifacts")
+        kept = [f.path for f in files if 0 < (_epoch_of(f.path) or 0) <= keep_through]
+        if not kept:
+            return
+        with tempfile.TemporaryDirectory(prefix="hairseg-copy-") as tmp:
+            for path in kept:
+                local = self.download_artifact(src, path, tmp)
+                with_retries(lambda local=local: self.client.log_artifact(dst, str(local), "predictions"), "copy image")
+
     def start_finalize(self, sweep: str, parent_run_id: str | None, params: Mapping[str, Any]) -> str:
-        """A child run of the sweep holding Table 5, the exports and the registered model."""
+        """A child run of the sweep holding Table 5, the exports and the registered model.
+
+        A final stage whose process was killed left its run RUNNING; it is closed KILLED here, so a
+        sweep has at most one FINISHED final-stage run per completed final stage.
+        """
+        stale = self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'finalize'")
+        for run in stale:
+            if run.info.status == "RUNNING":
+                self.end_run(run.info.run_id, "KILLED")
         tags = {TAG_SWEEP: sweep, TAG_KIND: "finalize", MLFLOW_RUN_NAME: f"{sweep}-finalize"}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -369,32 +639,98 @@ class Tracker:
 
     def champion(self, name: str, alias: str = CHAMPION_ALIAS) -> Any | None:
         """The model version behind ``models:/<name>@champion``, or None when there is none yet."""
-        try:
-            return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
-                return None
-            raise
+
+        def lookup() -> Any | None:
+            try:
+                return self.client.get_model_version_by_alias(name, alias)
+            except MlflowException as exc:
+                if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+                    return None
+                raise
+
+        return with_retries(lookup, "look up champion")
 
     def load_model(self, model_uri: str) -> Any:
-        """A registered DeepLabv3+ back as a torch module (eval mode, CPU)."""
-        import mlflow.pytorch
+        """A registered DeepLabv3+ back as a torch module (eval mode, CPU), rebuilt without unpickling code.
 
+        The version's ``model.pt`` (a state dict plus the model config, read with ``weights_only=True``)
+        is rebuilt by the package's own loader, and its trained scale is attached. Versions registered
+        before the ONNX flavor (a pickled torch module) are rebuilt the same way from the ``model.pt`` of
+        their export folder: their pickle is never loaded.
+        """
+        import tempfile
+
+        import mlflow.artifacts
+
+        from hairseg_core.export import DEFAULT_FILES
+        from hairseg_core.inference import load_checkpoint_model
+        from hairseg_core.scaling import attach_train_scale
+
+        name = DEFAULT_FILES["checkpoint"]
+        with tempfile.TemporaryDirectory(prefix="hairseg-model-") as tmp:
+            try:
+                checkpoint = Path(
+                    with_retries(
+                        lambda: mlflow.artifacts.download_artifacts(
+                            artifact_uri=f"{model_uri.rstrip('/')}/{MODEL_EXTRA_DIR}/{name}",
+                            dst_path=tmp,
+                            tracking_uri=self.tracking_uri,
+                        ),
+                        "download registered checkpoint",
+                    )
+                )
+            except (MlflowException, TrackingUnavailable, OSError):
+                checkpoint = resolve_model_uri(model_uri, self.tracking_uri) / name  # an older, pickled version
+            model, state = load_checkpoint_model(checkpoint)
+        return attach_train_scale(model.eval(), state.get("train_scale"))
+
+    def register_model(self, run_id: str, export_dir: str | Path, name: str, tags: Mapping[str, Any]) -> str:
+        """Log ``export_all``'s ONNX model to ``run_id`` with MLflow's ONNX flavor, register it; returns the version.
+
+        No pickle: the flavor stores ``model.onnx`` itself (loaded by onnxruntime, ``mlflow.pyfunc`` takes
+        an NCHW float32 batch and returns the softmax), and the state-dict checkpoint ``model.pt`` plus
+        ``model.json`` ride along as extra files, from which :meth:`load_model` rebuilds the torch module.
+        The signature has dynamic batch, height and width; the input example is one 64x64 synthetic
+        portrait, normalised as the metadata says.
+        """
+        import mlflow.onnx
+        import numpy as np
+        import onnx
+        import onnxruntime
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        from hairseg_core.export import DEFAULT_FILES, normalize_image, synthetic_portrait
+
+        export_dir = Path(export_dir)
         mlflow.set_tracking_uri(self.tracking_uri)
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-        return model.eval()
+        onnx_model = onnx.load(str(export_dir / DEFAULT_FILES["onnx"]))
+        graph_in, graph_out = onnx_model.graph.input[0].name, onnx_model.graph.output[0].name
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), graph_in)]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1), graph_out)]),
+        )
+        example = {graph_in: np.ascontiguousarray(normalize_image(synthetic_portrait(64, 64)).numpy())}
+        requirements = [
+            f"onnx=={onnx.__version__}",
+            f"onnxruntime=={onnxruntime.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ]
+        extra = [str(export_dir / DEFAULT_FILES[k]) for k in ("checkpoint", "metadata")]
 
-    def register_model(self, run_id: str, model: Any, name: str, tags: Mapping[str, Any]) -> str:
-        """Log the module to ``run_id`` (MLflow 3 ``log_model(name=...)``) and register it; returns the version."""
-        import mlflow.pytorch
-        import torch
+        def log_model() -> Any:
+            with mlflow.start_run(run_id=run_id, nested=True):
+                return mlflow.onnx.log_model(
+                    onnx_model,
+                    name="model",
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=requirements,
+                    save_as_external_data=False,
+                    extra_files=extra,
+                )
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "hairseg"]
-        with mlflow.start_run(run_id=run_id, nested=True):
-            info = mlflow.pytorch.log_model(
-                model.cpu().eval(), name="model", pip_requirements=requirements, serialization_format="pickle"
-            )
+        info = with_retries(log_model, "log model")
         version = with_retries(lambda: mlflow.register_model(info.model_uri, name), "register model")
         for key, value in tags.items():
             with_retries(
@@ -421,6 +757,127 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0)
         return monitor
     except Exception:  # psutil missing, no permission for GPU counters, ...: optional by nature
         return None
+
+
+def view_key(sweep: str) -> str:
+    """The share key of a sweep's saved UI view: its name, with characters a tag key or URL cannot hold replaced."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", sweep)
+
+
+def _col(kind: str, key: str) -> str:
+    """A runs-table column as the UI names it (``metrics.`val_miou```)."""
+    return f"{kind}.`{key}`"
+
+
+def sweep_view_state(sweep: str, space: Mapping[str, Any]) -> str:
+    """The UI state (JSON) of the view a sweep is compared in; see :meth:`Tracker.save_sweep_view`.
+
+    Field names are those of MLflow 3.17's runs page (``ExperimentPageUIState`` and the search facets it
+    keeps in a shared view; the UI fills in defaults for anything left out). The first chart section
+    compares every trial: the objective per epoch, parameters vs the best objective (parallel coordinates
+    and a scatter of the first sampled parameter), and the best objective per trial; the UI adds its own
+    charts for the remaining metrics below.
+    """
+    metric, mode = str(space.get("metric", "val_miou")), str(space.get("mode", "max"))
+    specs = space.get("params", {})
+    params = [k for k in specs if "@" not in k]
+    numeric = [k for k in params if isinstance(specs[k], Mapping) and specs[k].get("type") in ("float", "int")]
+    best = f"best_{metric}"
+    per_epoch = list(dict.fromkeys([metric, "val_miou"]))
+    section = "hairseg-sweep-comparison"
+
+    def chart(kind: str, uuid: str, **fields: Any) -> dict[str, Any]:
+        base = {"uuid": uuid, "type": kind, "runsCountToCompare": 100, "metricSectionId": section}
+        return {**base, "deleted": False, "isGenerated": False, **fields}
+
+    charts = [
+        chart(
+            "LINE",
+            f"hairseg-line-{key}",
+            metricKey=key,
+            displayName=f"{key} per epoch, every trial",
+            xAxisKey="step",
+            scaleType="linear",
+            xAxisScaleType="linear",
+            lineSmoothness=0,
+            useGlobalXaxisKey=False,
+            useGlobalLineSmoothing=False,
+        )
+        for key in per_epoch
+    ]
+    if params:
+        charts.append(
+            chart(
+                "PARALLEL",
+                "hairseg-parallel",
+                displayName=f"sampled parameters vs {best}",
+                selectedParams=params[:8],
+                selectedMetrics=[best],
+                showAllRuns=False,
+            )
+        )
+    if numeric:
+        charts.append(
+            chart(
+                "SCATTER",
+                "hairseg-scatter",
+                displayName=f"{numeric[0]} vs {best}",
+                xaxis={"key": numeric[0], "type": "PARAM"},
+                yaxis={"key": best, "type": "METRIC"},
+            )
+        )
+    charts.append(chart("BAR", f"hairseg-bar-{best}", metricKey=best, displayName=f"{best} per trial"))
+    # Few metric columns, so the sampled values fit on a screen: the UI orders columns itself (attributes,
+    # metrics and parameters alphabetically, tags) and the table scrolls sideways beyond its width. The
+    # dataset is on each run's page and in the Datasets filter; the other metrics in the chart view.
+    columns = [_col("metrics", k) for k in dict.fromkeys([best, "best_val_miou", metric, "val_miou"])]
+    columns += [_col("params", k) for k in params]
+    columns += [_col("tags", k) for k in ("hairseg.epochs_run", "hairseg.early_stopped")]
+    state = {
+        "searchFilter": f"tags.`{TAG_SWEEP}` = '{sweep}'",
+        "orderByKey": _col("metrics", best),
+        "orderByAsc": mode == "min",
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": list(dict.fromkeys(columns)),
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts,
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": f"Sweep {sweep}: trials compared",
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        "isAccordionReordered": False,
+        "hideEmptyCharts": True,
+        "useGroupedValuesInCharts": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+    return json.dumps(state)
+
+
+def view_url(ui: str, experiment_id: str, key: str, charts: bool = False) -> str:
+    """The address of a sweep's saved view in the UI at ``ui`` (``http://127.0.0.1:5000``).
+
+    ``workflowType=machine_learning``: MLflow 3.17's UI picks the GenAI or the model-training layout
+    from a switch it keeps per browser (GenAI by default), not from the experiment's kind tag.
+    """
+    mode = "&compareRunsMode=CHART" if charts else ""
+    query = f"workflowType=machine_learning&viewStateShareKey={key}{mode}"
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def ui_address(tracking_uri: str) -> str:
+    """Where the UI of this store is: the tracking server itself, or what :func:`ui_command` starts."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return "http://127.0.0.1:5000"
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -468,6 +925,17 @@ def log_sweep_summary(
             "hairseg.best_checkpoint": best.checkpoint_path,
         },
     )
+    previous = tracker.get_run(parent_run_id).data.tags.get(TAG_NOTE, "")
+    score = best.metrics.get(metric)
+    sampled = {k: v for k, v in (best.config or {}).items() if rows and k in rows[0]}  # the searched settings
+    summary = (
+        f"\n\n**Best trial {best.trial_id}**: {metric} = {score:.4f} (run {best.mlflow_run_id}); "
+        + ", ".join(f"{k}={v}" for k, v in sampled.items())
+        + ". Artifacts: `results/trials.csv` (every trial), `best_trial.json`, `plots/` (Optuna)."
+        if isinstance(score, (int, float))
+        else ""
+    )
+    tracker.set_tags(parent_run_id, {TAG_NOTE: previous.split("\n\n**Best trial")[0] + summary})
     tracker.log_metrics(
         parent_run_id, {f"best_{k}": v for k, v in best.metrics.items() if k.startswith("val_")}, step=0
     )
@@ -495,7 +963,7 @@ def log_sweep_summary(
             plt.close(fig)
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
             # e.g. importances need >= 2 finished trials with varying parameters
-            tracker.client.log_text(parent_run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
+            tracker.log_text(parent_run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
 
 
 def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:

@@ -37,6 +37,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig, search_space_from_dict
+from hairseg_core.data.fingerprint import fingerprint_config
+from hairseg_core.latency import MIN_REPEATS, ModelCost, describe_machine, measure_model_cost
+from hairseg_core.pareto import Selection, SelectionError, TrialPoint, pareto_front, select
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
 from hairseg_core.train import CHECKPOINT_FILE, CheckpointError, Trainer, TrialData, load_checkpoint, load_trial_data
 from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
@@ -125,16 +128,27 @@ def sampled_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_searcher(space: SearchSpace) -> OptunaSearch:
+    """Optuna through Ray Tune, on one objective or several.
+
+    With several objectives OptunaSearch gets lists of metrics and modes and runs a multi-objective
+    study: each trial is told its *last* result's values when it ends (Optuna takes no intermediate
+    values then, so nothing is pruned by Optuna; ASHA does the early stopping). One objective stays a
+    plain string, so the study keeps its intermediate values as before.
+    """
     sampler_cfg = space.searcher
     if sampler_cfg.sampler == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.seed)
+    elif sampler_cfg.sampler == "nsga2":
+        population = {"population_size": sampler_cfg.population_size} if sampler_cfg.population_size else {}
+        sampler = optuna.samplers.NSGAIISampler(seed=space.seed, **population)
     else:
         sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=sampler_cfg.n_startup_trials)
     storage = optuna.storages.RDBStorage(sampler_cfg.storage) if sampler_cfg.storage else None
+    several = len(space.objectives) > 1
     return OptunaSearch(
         space=SpaceSampler(space.params),
-        metric=space.metric,
-        mode=space.mode,
+        metric=[o.metric for o in space.objectives] if several else space.metric,
+        mode=[o.mode for o in space.objectives] if several else space.mode,
         sampler=sampler,
         storage=storage,
         study_name=sampler_cfg.study_name or (space.name if storage else None),
@@ -142,12 +156,14 @@ def build_searcher(space: SearchSpace) -> OptunaSearch:
 
 
 def build_scheduler(space: SearchSpace) -> ASHAScheduler | FIFOScheduler:
+    """ASHA compares trials at each rung on one metric: ``scheduler.metric``, default the first objective."""
     if space.scheduler.type == "fifo":
         return FIFOScheduler()
+    objective = space.scheduler_objective
     return ASHAScheduler(
         time_attr="training_iteration",
-        metric=space.metric,
-        mode=space.mode,
+        metric=objective.metric,
+        mode=objective.mode,
         max_t=space.scheduler.max_t or space.epochs,
         grace_period=space.scheduler.grace_period,
         reduction_factor=space.scheduler.reduction_factor,
@@ -161,6 +177,26 @@ class TrackingSettings:
     experiment: str
     sweep: str
     parent_run_id: str
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How each trial measures its network's CPU latency (``hairseg_core.latency.measure_model_cost``).
+
+    ``export_size`` None: the trial's own ``base_size`` (what the export would default to).
+    """
+
+    export_size: int | None = None
+    threads: int = 1
+    repeats: int = MIN_REPEATS
+
+    @classmethod
+    def from_space(cls, space: SearchSpace) -> LatencySettings:
+        settings = space.finalize
+        return cls(settings.export_size, settings.latency_threads, settings.latency_repeats)
+
+    def input_size(self, cfg: TrainConfig) -> int:
+        return int(self.export_size or cfg.base_size)
 
 
 def _trial_resources() -> int:
@@ -402,18 +438,22 @@ def run_trial(
     tracking: TrackingSettings,
     data: TrialData | None = None,
     weights: WeightsFiles | None = None,
+    latency: LatencySettings | None = None,
 ) -> None:
     """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch.
 
-    An error that would repeat on every attempt (see :mod:`hairseg_core.trial_errors`) ends the
-    trial at once, recorded on its MLflow run; anything else is left to Tune's ``max_failures``.
+    Before training, the network's CPU latency, parameters and MACs are measured once (``latency``);
+    they depend on the architecture alone and go into every epoch's result, so each result Tune,
+    Optuna and ASHA see holds every objective. An error that would repeat on every attempt (see
+    :mod:`hairseg_core.trial_errors`) ends the trial at once, recorded on its MLflow run; anything
+    else is left to Tune's ``max_failures``.
     """
     # One "Checkpoint successfully created" line per epoch per trial drowns Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     try:
-        _train_trial(config, fixed, tracking, data, weights)
+        _train_trial(config, fixed, tracking, data, weights, latency or LatencySettings())
     except Exception as exc:
         if not is_deterministic(exc):
             raise
@@ -440,6 +480,7 @@ def _train_trial(
     tracking: TrackingSettings,
     data: TrialData | None,
     weights: WeightsFiles | None,
+    latency: LatencySettings,
 ) -> None:
     sampled = sampled_settings(config)
     cfg = TrainConfig(**{**fixed, **sampled})
@@ -457,9 +498,10 @@ def _train_trial(
             trainer = Trainer.from_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, data=data, cpus=cpus)
     else:
         trainer = Trainer(cfg, data=data, cpus=cpus)
+    cost, measured = _model_cost(trainer, latency)
 
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
-    known_run = trainer.extra.get("mlflow_run_id") or tracker.find_trial(tracking.sweep, trial_id)
+    known_run = tracker.current_trial_run(tracking.sweep, trial_id, trainer.extra.get("mlflow_run_id"))
     ended = _epochs_if_ended(tracker, known_run) if known_run else None
     if ended is not None:
         # The driver closed this trial's run (completed or stopped by ASHA) and then died
@@ -467,6 +509,8 @@ def _train_trial(
         trainer.extra["mlflow_run_id"] = known_run
         _catch_up(trainer, ended)
         return
+    # The run's dataset inputs: those of the sweep's run when the driver decoded the data for every
+    # trial (this node may not even hold the files), else the files this trial reads itself.
     run_id = tracker.start_trial(
         tracking.sweep,
         tracking.parent_run_id,
@@ -474,7 +518,22 @@ def _train_trial(
         trial_name,
         params={**cfg.model_dump(), "sampled": sampled},
         run_id=known_run,
+        sampled=sampled,
+        datasets=fingerprint_config(cfg) if known_run is None and data is None else (),
     )
+    if known_run is None and data is not None:
+        tracker.copy_datasets(tracking.parent_run_id, run_id)
+    logged = tracker.logged_epochs(run_id)
+    if logged and max(logged) > trainer.epoch:
+        # This attempt continues from an older point than the run has logged (a checkpoint Tune's
+        # state had not recorded yet, or none): the epochs after it are trained again. One value per
+        # epoch, from the attempt whose weights the trial keeps: continue in a copy of the run that
+        # holds only the epochs up to the restored one.
+        run_id = tracker.supersede_trial_run(
+            run_id,
+            keep_through=trainer.epoch,
+            reason=f"attempt restarted from epoch {trainer.epoch}; the old run had logged epoch {max(logged)}",
+        )
     trainer.extra["mlflow_run_id"] = run_id
     # Where this attempt runs and which epoch it continues from: after a node loss or a
     # --resume, the run shows the trial moved and restarted from its checkpoint, not from scratch.
@@ -486,6 +545,9 @@ def _train_trial(
             "hairseg.restored_from_epoch": trainer.epoch,
         },
     )
+    if measured:  # a restored attempt reports the first attempt's measurement, already logged
+        tracker.log_metrics(run_id, cost.metrics(), step=0)
+        tracker.set_tags(run_id, _cost_tags(cost))
     monitor = start_system_metrics(run_id, tracking.tracking_uri)
     try:
         if trainer.epoch >= cfg.epochs:
@@ -536,11 +598,60 @@ def _catch_up(trainer: Trainer, epochs: int) -> None:
         _report(trainer, trainer.run_epoch())
 
 
+def _model_cost(trainer: Trainer, settings: LatencySettings) -> tuple[ModelCost, bool]:
+    """The trial's measured latency / params / MACs, and whether it was measured just now.
+
+    Measured once per trial, on its first attempt, and kept in the checkpoint (``trainer.extra``): a
+    retry on another node reports the same numbers, from the machine they were measured on, instead
+    of changing a trial's latency half-way through. A checkpoint measured with other settings (or
+    from before latency was measured) is measured again.
+    """
+    stored = trainer.extra.get("model_cost")
+    size = settings.input_size(trainer.cfg)
+    if isinstance(stored, dict):
+        cost = ModelCost.from_dict(stored)
+        if (cost.input_size, cost.threads, cost.repeats) == (size, settings.threads, settings.repeats):
+            return cost, False
+    cost = measure_model_cost(trainer.model, size, threads=settings.threads, repeats=settings.repeats)
+    trainer.extra["model_cost"] = cost.to_dict()
+    logger.info(
+        "latency %.2f ms (p90 %.2f) at %d px, %.2f M params, %.2f GMACs on %s",
+        cost.latency_ms,
+        cost.latency_p90_ms,
+        size,
+        cost.params_m,
+        cost.gmacs,
+        describe_machine(cost.machine),
+    )
+    return cost, True
+
+
+#: Tune result key naming the machine a trial's latency was measured on (a string, not a metric).
+LATENCY_MACHINE_KEY = "latency_machine"
+
+
+def _cost_tags(cost: ModelCost) -> dict[str, Any]:
+    return {
+        "hairseg.latency_machine": describe_machine(cost.machine),
+        "hairseg.latency_input_size": cost.input_size,
+        "hairseg.latency_threads": cost.threads,
+        "hairseg.latency_repeats": cost.repeats,
+        **{f"hairseg.latency_{k}": v for k, v in cost.machine.items() if k not in {"threads"}},
+    }
+
+
 def _report(trainer: Trainer, result: dict[str, float]) -> None:
+    """One epoch to Tune, with its checkpoint and the trial's measured cost (the same every epoch)."""
+    cost = ModelCost.from_dict(trainer.extra["model_cost"])
     with tempfile.TemporaryDirectory(prefix="hairseg-ckpt-") as tmp:
         trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
         tune.report(
-            {**result, "mlflow_run_id": trainer.extra["mlflow_run_id"]},
+            {
+                **result,
+                **cost.metrics(),
+                LATENCY_MACHINE_KEY: describe_machine(cost.machine),
+                "mlflow_run_id": trainer.extra["mlflow_run_id"],
+            },
             checkpoint=Checkpoint.from_directory(tmp),
         )
 
@@ -564,9 +675,8 @@ class MlflowStatusCallback(Callback):
         return self._tracker
 
     def _close(self, trial: Any, status: str) -> None:
-        run_id = (trial.last_result or {}).get("mlflow_run_id") or self.tracker.find_trial(
-            self.tracking.sweep, trial.trial_id
-        )
+        hint = (trial.last_result or {}).get("mlflow_run_id")
+        run_id = self.tracker.current_trial_run(self.tracking.sweep, trial.trial_id, hint)
         if not run_id:
             return
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
@@ -577,6 +687,8 @@ class MlflowStatusCallback(Callback):
                 "hairseg.early_stopped": status == "FINISHED" and epochs < self.max_t,
             },
         )
+        # The UI's table and bar charts show a metric's last value; a trial is ranked by its best epoch.
+        self.tracker.log_best_metrics(run_id)
         self.tracker.end_run(run_id, status)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -633,8 +745,8 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
         manifest = _read_manifest(storage_path, info.base_name)
         if manifest is None and experiment is None:
             continue  # not a hairseg sweep
-        if (manifest or {}).get("finished"):
-            continue  # every trial ended: nothing to resume
+        if manifest is not None and sweep_done(manifest):
+            continue  # every trial ended and the final stage ran: nothing to resume
         if tune.Tuner.can_restore(_join(storage_path, info.base_name)):
             return info.base_name
     return None
@@ -649,6 +761,7 @@ def save_sweep_manifest(
         "space_file": space_file,
         "space": space.model_dump(mode="json"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "finalize_pending": True,  # until the final stage completes or is skipped
     }
     _write_manifest(storage_path, name, payload)
 
@@ -688,10 +801,30 @@ def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
 
 
 def mark_sweep_finished(storage_path: str, name: str) -> None:
-    """Every trial ran to its end: ``--resume`` has nothing left to do for this sweep."""
+    """Every trial ran to its end: ``--resume`` has no trial left to run (maybe the final stage)."""
+    _stamp_manifest(storage_path, name, "finished")
+
+
+def mark_sweep_finalized(storage_path: str, name: str, skipped: bool = False) -> None:
+    """The final stage completed (or was skipped with ``--no-finalize``): nothing is left to resume."""
+    _stamp_manifest(storage_path, name, "finalize_skipped" if skipped else "finalized")
+
+
+def sweep_done(manifest: Mapping[str, Any]) -> bool:
+    """Whether ``--resume`` has nothing to do: every trial ended and the final stage ran or was skipped.
+
+    Manifests from before the final stage was recorded count as done once their trials ended.
+    """
+    if not manifest.get("finished"):
+        return False
+    recorded = {"finalized", "finalize_skipped", "finalize_pending"} & set(manifest)
+    return not recorded or bool({"finalized", "finalize_skipped"} & recorded)
+
+
+def _stamp_manifest(storage_path: str, name: str, key: str) -> None:
     payload = _read_manifest(storage_path, name)
     if payload is not None:
-        payload["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        payload[key] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         _write_manifest(storage_path, name, payload)
 
 
@@ -721,7 +854,12 @@ def build_tuner(
     assert settings.name is not None
     tracking = TrackingSettings(settings.tracking_uri, settings.experiment, settings.name, parent_run_id)
     trainable = tune.with_parameters(
-        run_trial, fixed=dict(space.fixed), tracking=tracking, data=data, weights=dict(weights or {})
+        run_trial,
+        fixed=dict(space.fixed),
+        tracking=tracking,
+        data=data,
+        weights=dict(weights or {}),
+        latency=LatencySettings.from_space(space),
     )
     trainable = tune.with_resources(trainable, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [
@@ -741,8 +879,9 @@ def build_tuner(
         failure_config=tune.FailureConfig(max_failures=space.max_failures),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=space.keep_checkpoints,
-            checkpoint_score_attribute=space.metric,
-            checkpoint_score_order=space.mode,
+            # the epoch a trial's Pareto point and export come from (latency ties across epochs)
+            checkpoint_score_attribute=space.epoch_objective.metric,
+            checkpoint_score_order=space.epoch_objective.mode,
         ),
         callbacks=callbacks,
         verbose=settings.verbose,
@@ -799,17 +938,28 @@ def sweep_progress(results: tune.ResultGrid, num_samples: int) -> SweepProgress:
     return SweepProgress(completed, errored, max(0, num_samples - completed - errored))
 
 
-def best_trial(results: tune.ResultGrid, space: SearchSpace) -> BestTrial:
-    """The best trial by the space's metric, over each trial's best epoch, with its best checkpoint."""
-    best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+def best_trial(results: tune.ResultGrid, space: SearchSpace, pick: TrialPoint | None = None) -> BestTrial:
+    """The trial to export, with its best checkpoint.
+
+    ``pick`` (a point ``pareto.select`` chose) names the trial, and its checkpoint is the one of the
+    pick's epoch where Tune kept it; without ``pick``, the best trial by the epoch objective (the first
+    one that changes per epoch, see ``SearchSpace.epoch_objective``) over each trial's best epoch.
+    """
+    objective = space.epoch_objective
+    if pick is None:
+        best = results.get_best_result(metric=objective.metric, mode=objective.mode, scope="all")
+    else:
+        best = next((r for r in results if str((r.metrics or {}).get("trial_id")) == pick.trial_id), None)
     if best is None or best.metrics is None:
-        raise RuntimeError("the sweep produced no successful trial: see the errors above")
+        which = f"trial {pick.trial_id} is not among the results" if pick else "the sweep produced no successful trial"
+        raise RuntimeError(f"{which}: see the errors above")
     # A checkpoint Tune lists may be gone (see RestoreFromSurvivingCheckpoint): only files that exist.
-    ckpts = [(c, m) for c, m in best.best_checkpoints if space.metric in m and _holds_checkpoint_file(c)]
+    ckpts = [(c, m) for c, m in best.best_checkpoints if objective.metric in m and _holds_checkpoint_file(c)]
     if not ckpts:
         raise RuntimeError(f"trial {best.metrics.get('trial_id')} kept no checkpoint")
-    sign = 1 if space.mode == "max" else -1
-    checkpoint, metrics = max(ckpts, key=lambda cm: sign * cm[1][space.metric])
+    sign = 1 if objective.mode == "max" else -1
+    at_epoch = [cm for cm in ckpts if pick is not None and cm[1].get(TRAINING_ITERATION) == pick.epoch]
+    checkpoint, metrics = at_epoch[-1] if at_epoch else max(ckpts, key=lambda cm: sign * cm[1][objective.metric])
     return BestTrial(
         trial_id=str(best.metrics.get("trial_id")),
         config=TrainConfig(**{**space.fixed, **sampled_settings(best.config)}).model_dump(),
@@ -817,6 +967,78 @@ def best_trial(results: tune.ResultGrid, space: SearchSpace) -> BestTrial:
         checkpoint_path=checkpoint.path,
         mlflow_run_id=metrics.get("mlflow_run_id"),
     )
+
+
+@dataclass
+class SweepFront:
+    """A finished sweep's trials in objective space, their Pareto front and the trial ``select:`` picked.
+
+    ``selection`` is None when no trial satisfies the rule; ``error`` then says why (rule, closest trial).
+    """
+
+    points: list[TrialPoint]
+    front: list[TrialPoint]
+    selection: Selection | None
+    error: str | None = None
+
+
+def sweep_front(results: tune.ResultGrid, space: SearchSpace) -> SweepFront:
+    """Points, front and pick of a sweep (``hairseg_core.pareto`` does the work, on Tune's results)."""
+    points = trial_points(results, space)
+    front = pareto_front(points, space.objectives)
+    try:
+        return SweepFront(points, front, select(points, space.objectives, space.select))
+    except SelectionError as exc:
+        return SweepFront(points, front, None, str(exc))
+
+
+#: Shown beside the objectives in the front table when a trial reported them.
+FRONT_EXTRA_METRICS = ("val_miou", "latency_ms", "latency_p90_ms", "params_m", "gmacs")
+
+
+def trial_points(results: tune.ResultGrid, space: SearchSpace) -> list[TrialPoint]:
+    """Each trial as a point in objective space: the metrics of its best epoch by the epoch objective.
+
+    That epoch is the one whose checkpoint the trial keeps and an export would use (ties: the latest,
+    which Tune keeps), so a point is a model that exists. Latency, params and MACs are the same in
+    every epoch. A trial that reported nothing gets a point without values (listed, not comparable).
+    """
+    objective = space.epoch_objective
+    wanted = list(dict.fromkeys([*(o.metric for o in space.objectives), *FRONT_EXTRA_METRICS]))
+    points = []
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id is None and result.path:
+            trial_id = Path(result.path).name.removeprefix("trial_")
+        info = {k: v for k, v in sampled_settings(result.config or {}).items() if isinstance(v, (int, float, str))}
+        frame = result.metrics_dataframe
+        if frame is None or objective.metric not in frame or frame[objective.metric].dropna().empty:
+            points.append(TrialPoint(str(trial_id), {}, None, info))
+            continue
+        rows = frame[frame[objective.metric].notna()]
+        column = rows[objective.metric].astype(float)
+        target = column.max() if objective.mode == "max" else column.min()
+        row = rows[column == target].iloc[-1]
+        values = {}
+        for metric in wanted:
+            try:
+                number = float(row.get(metric))
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                values[metric] = number
+        points.append(TrialPoint(str(trial_id), values, int(row[TRAINING_ITERATION]), info))
+    return points
+
+
+def latency_machines(results: tune.ResultGrid) -> list[str]:
+    """The machines the trials' latencies were measured on (one line each, see ``latency.describe_machine``)."""
+    seen: dict[str, None] = {}
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is not None and LATENCY_MACHINE_KEY in frame:
+            seen.update(dict.fromkeys(str(v) for v in frame[LATENCY_MACHINE_KEY].dropna().unique()))
+    return list(seen)
 
 
 def optuna_study_from_results(results: tune.ResultGrid, space: SearchSpace) -> optuna.Study:
@@ -877,6 +1099,9 @@ def results_rows(results: tune.ResultGrid, space: SearchSpace) -> list[dict[str,
         for key in dict.fromkeys(keys):  # a source's mIoU per validation set, after the combined ones
             if result.metrics and key in result.metrics:
                 row[f"last_{key}"] = result.metrics[key]
+        for key in ("latency_ms", "latency_p90_ms", "gmacs"):  # measured once per trial: no best / last
+            if result.metrics and key in result.metrics:
+                row[key] = result.metrics[key]
         row["error"] = error_summary(result.error) if result.error else ""
         rows.append(row)
     key = f"best_{space.metric}"

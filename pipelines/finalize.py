@@ -6,6 +6,10 @@ Runs at the end of ``python pipelines/sweep.py`` (unless --no-finalize), or alon
     python pipelines/finalize.py --experiment hairseg-paper
     python pipelines/finalize.py --run-id <sweep parent run id> --dry-run
     python pipelines/finalize.py --checkpoint runs/m1/checkpoint.pt   # any training checkpoint
+    python pipelines/finalize.py --report-only --run-id <sweep parent run id>  # rebuild exports/<sweep>/report.html
+
+After a sweep's final stage (not a dry run) the reproduction report is written to
+``exports/<sweep>/report.html`` and logged to the sweep's parent run.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,28 @@ def finalize_sweep(
     with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
         ckpt = local_checkpoint(best.checkpoint_path, Path(tmp))
         finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run)
+    if parent_run_id and not dry_run:
+        try:
+            report(tracker, parent_run_id, space.finalize.export_dir)
+        except Exception as exc:  # the model is registered and promoted: only the report has to be redone
+            traceback.print_exc()
+            print(
+                f"\nerror: the reproduction report could not be built ({type(exc).__name__}: {exc}); the final "
+                f"stage itself completed. After fixing the cause rebuild it with\n"
+                f"  python pipelines/finalize.py --report-only --run-id {parent_run_id}",
+                file=sys.stderr,
+            )
+            return 1
     return 0
+
+
+def report(tracker: Tracker, parent_run_id: str, export_dir: str | None = None) -> Path:
+    """Write the sweep's reproduction report from MLflow (``hairseg_core.sweep_report``) and say where."""
+    from hairseg_core.sweep_report import write_report
+
+    path = write_report(tracker, parent_run_id, export_dir)
+    print(f"\nreproduction report: {path.resolve()} (also on MLflow parent run {parent_run_id} as report.html)")
+    return path
 
 
 def _parent_from_experiment(tracker: Tracker) -> Any:
@@ -73,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="show the promotion decision, change no registry")
     p.add_argument("--promote-margin", type=float, help="override finalize.promote_margin")
     p.add_argument("--max-test-images", type=int, help="override finalize.max_test_images")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only (re)build the sweep's reproduction report from MLflow (exports/<sweep>/report.html)",
+    )
     args = p.parse_args(argv)
+    if args.report_only and args.checkpoint:
+        p.error("--report-only reports on a sweep: give --run-id or --experiment, not --checkpoint")
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -99,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             tracker = Tracker(tracking_uri, args.experiment)
             run = _parent_from_experiment(tracker)
         parent, sweep = run.info.run_id, run.data.tags["hairseg.sweep"]
+        if args.report_only:
+            report(tracker, parent)
+            return 0
         with tempfile.TemporaryDirectory() as tmp:
             best = json.loads(Path(tracker.client.download_artifacts(parent, "best_trial.json", tmp)).read_text())
             space = json.loads(Path(tracker.client.download_artifacts(parent, "search_space.json", tmp)).read_text())
@@ -111,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
         ckpt = local_checkpoint(checkpoint, Path(tmp))
         finalize(ckpt, train_config, settings, tracker, parent, sweep=sweep, dry_run=args.dry_run)
+    if parent and not args.dry_run:
+        report(tracker, parent, settings.export_dir)
     return 0
 
 

@@ -32,7 +32,9 @@ from hairseg_core.tracking import (  # noqa: E402
     check_tracking,
     default_artifact_location,
     resolve_tracking_uri,
+    ui_address,
     ui_command,
+    view_url,
 )
 
 log = logging.getLogger("hairseg.sweep")
@@ -168,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         parent = tracker.start_sweep(name, space.model_dump(), args.space or DEFAULT_SPACE)
         if not args.resume:
             hs_tune.save_sweep_manifest(storage, name, experiment, space, args.space or DEFAULT_SPACE)
+            if data is not None:  # decoded here for every trial: the trials' runs copy these inputs
+                from hairseg_core.data.fingerprint import fingerprint_config
+
+                tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
+        view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
+        view = view_url(ui_address(tracking_uri), tracker.experiment_id, view_key)
         print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
         settings = hs_tune.SweepSettings(
             experiment=experiment,
@@ -197,11 +205,17 @@ def main(argv: list[str] | None = None) -> int:
             print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)
             return 1
         study = hs_tune.optuna_study_from_results(results, space)
-        best = hs_tune.best_trial(results, space)
+        selection = report_front(results, space, tracker, parent)
+        if selection is None:  # the select: rule matched no trial; the message is printed
+            tracker.log_table(parent, rows, "results/trials.json")
+            tracker.end_run(parent, "FAILED")
+            return 1
+        best = hs_tune.best_trial(results, space, selection.point)
         from hairseg_core.tracking import log_sweep_summary
 
         log_sweep_summary(tracker, parent, rows, study, best, space.metric)
-        print_summary(rows, best, space.metric, elapsed, tracking_uri, experiment)
+        print_summary(rows, best, space.metric, elapsed, tracking_uri, experiment, view)
+        print(f"picked for export: trial {best.trial_id}: {selection.reason}")
         status = 0
         if not args.no_finalize:
             from finalize import finalize_sweep  # pipelines/finalize.py, beside this file
@@ -217,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 status = 1
+        if status == 0 and progress.completed == space.num_samples:
+            hs_tune.mark_sweep_finalized(storage, name, skipped=args.no_finalize)
         tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
         return status
     except KeyboardInterrupt:
@@ -278,7 +294,7 @@ def resume_target(args: argparse.Namespace, storage: str, overrides: dict) -> tu
     if manifest is None:  # a sweep without a manifest: trust the command line
         space = given or load_search_space(DEFAULT_SPACE, overrides)
         return space, args.experiment or f"hairseg-{space.name}", name
-    if manifest.get("finished"):
+    if hs_tune.sweep_done(manifest):
         raise SweepFinished(
             f"sweep {name} already finished ({manifest['finished']}): every trial ran to its end, nothing to "
             f"resume. Redo its final stage with: python pipelines/finalize.py --experiment {manifest['experiment']}"
@@ -328,19 +344,67 @@ def print_errors(rows) -> None:
             print(f"  trial {row['trial_id']}: {row['error']}")
 
 
-def print_summary(rows, best, metric: str, elapsed: float, tracking_uri: str, experiment: str) -> None:
+def report_front(results, space: SearchSpace, tracker: Tracker, parent: str):
+    """Print the Pareto front and log it to the parent run; return the trial ``select:`` picks, or None.
+
+    None (after printing why, naming the rule and the closest trial) when no trial satisfies the rule:
+    the trials stay recorded, only the export has nothing to take.
+    """
+    import json
+
+    from hairseg_core import tune as hs_tune
+    from hairseg_core.pareto import describe_rule, format_front, log_front
+
+    front = hs_tune.sweep_front(results, space)
+    machines = hs_tune.latency_machines(results)
+    rows = log_front(
+        tracker,
+        parent,
+        front.points,
+        space.objectives,
+        front.front,
+        space.select,
+        front.selection,
+        front.error,
+        extra=hs_tune.FRONT_EXTRA_METRICS,
+    )
+    if machines:
+        tracker.set_tags(parent, {"hairseg.latency_machines": json.dumps(machines)})
+    if len(space.objectives) > 1:  # one objective: the front is just the best trial(s), logged only
+        print()
+        print(format_front(rows, space.objectives, describe_rule(space.select, space.objectives)))
+    if machines:
+        settings = space.finalize
+        size = settings.export_size or "base_size"
+        print(
+            f"latency: median of {settings.latency_repeats} CPU passes at {size} px, batch 1, on {'; '.join(machines)}"
+        )
+    if front.selection is None:
+        print(
+            f"\nerror: {front.error}\n  The trials are complete and recorded (MLflow parent run {parent}); nothing was "
+            "exported. Any trial's checkpoint can be finalized alone: python pipelines/finalize.py --checkpoint PATH",
+            file=sys.stderr,
+        )
+    return front.selection
+
+
+def print_summary(
+    rows, best, metric: str, elapsed: float, tracking_uri: str, experiment: str, view: str | None = None
+) -> None:
     from hairseg_core.report import format_table
 
     shown = [{k: v for k, v in r.items() if k != "error"} for r in rows]
     print()
     print(format_table(shown, title=f"trials, best {metric} first"))
     print_errors(rows)
-    print(f"\nbest trial {best.trial_id}: {metric} = {best.metrics.get(metric):.4f}")
+    print(f"\npicked trial {best.trial_id} (select: below): {metric} = {best.metrics.get(metric):.4f}")
     for key, value in sorted(best.config.items()):
         print(f"  {key}: {value}")
     print(f"checkpoint: {best.checkpoint_path}")
     print(f"sweep time: {elapsed / 60:.1f} min")
     print(f"MLflow: experiment {experiment!r}; open the UI with\n  {ui_command(tracking_uri)}")
+    if view:
+        print(f"this sweep's trials side by side (table; add &compareRunsMode=CHART for the charts):\n  {view}")
 
 
 if __name__ == "__main__":

@@ -449,6 +449,8 @@ class SweepRuns:
     client: Any
     parents: list[Any]
     trials: list[Any]
+    #: trial runs a restarted attempt replaced (deleted, tagged ``hairseg.superseded_by``)
+    superseded: list[Any] = field(default_factory=list)
 
     def by_trial(self) -> dict[str, Any]:
         return {r.data.tags["hairseg.trial_id"]: r for r in self.trials}
@@ -472,7 +474,8 @@ def sweep_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> SweepRuns:
     return SweepRuns(
         client=client,
         parents=[r for r in runs if r.data.tags.get(kind) == "sweep"],
-        trials=[r for r in runs if r.data.tags.get(kind) == "trial"],
+        trials=[r for r in runs if r.data.tags.get(kind) == "trial" and r.info.lifecycle_stage != "deleted"],
+        superseded=[r for r in runs if r.data.tags.get(kind) == "trial" and r.info.lifecycle_stage == "deleted"],
     )
 
 
@@ -491,9 +494,11 @@ def check_sweep_accounted(
 ) -> None:
     """The invariants every sweep must keep, however it was interrupted.
 
-    One parent; one FINISHED child per Tune trial and no other; each child's val_miou history
-    covers exactly the epochs Tune saw (1..n, n = ``hairseg.epochs_run``), and the value MLflow
-    holds for an epoch is the value Tune got, i.e. no reported epoch is missing from MLflow.
+    One parent; one FINISHED child per Tune trial and no other; each child's per-epoch metrics hold
+    exactly one value for each epoch Tune saw, in order (1..n, n = ``hairseg.epochs_run``; no repeats
+    from a restarted attempt), and the value MLflow holds for an epoch is the value Tune got, i.e. no
+    reported epoch is missing from MLflow. Runs a restarted attempt superseded are deleted, and each
+    names a live successor.
     """
     assert len(runs.parents) == 1, f"expected one parent run, got {[r.info.run_id for r in runs.parents]}"
     parent = runs.parents[0]
@@ -502,7 +507,9 @@ def check_sweep_accounted(
     assert sorted(trial_ids) == sorted(results), f"MLflow trial runs {trial_ids} != Tune trials {sorted(results)}"
     for trial_id, run in runs.by_trial().items():
         tags = run.data.tags
-        assert tags["mlflow.parentRunId"] == parent.info.run_id, f"trial {trial_id} has another parent"
+        # trial runs are top-level runs (shown one row each in MLflow's table), linked by a tag
+        assert tags["hairseg.parent_run_id"] == parent.info.run_id, f"trial {trial_id} belongs to another sweep"
+        assert "mlflow.parentRunId" not in tags, f"trial {trial_id} is nested: MLflow's table would fold it away"
         assert run.info.status == "FINISHED", f"trial {trial_id} run is {run.info.status}"
         rows = results[trial_id]
         for row in rows:
@@ -513,10 +520,17 @@ def check_sweep_accounted(
         assert last <= epochs
         assert int(tags["hairseg.epochs_run"]) == last, f"trial {trial_id}: epochs_run tag {tags['hairseg.epochs_run']}"
         history = runs.history(run.info.run_id)
-        steps = sorted({step for step, _ in history})
-        assert steps == list(range(1, last + 1)), f"trial {trial_id}: MLflow val_miou steps {history}"
-        final = {step: value for step, value in history}  # the last value logged per step
+        for key in ("val_miou", "val_loss", "train_loss"):
+            steps = [step for step, _ in runs.history(run.info.run_id, key)]
+            assert steps == list(range(1, last + 1)), f"trial {trial_id}: MLflow {key} steps {steps}: one per epoch"
+        final = dict(history)
         for epoch, value in tune_epochs.items():
             assert abs(final[epoch] - value) < 1e-9, (
                 f"trial {trial_id} epoch {epoch}: MLflow {final[epoch]} != Tune {value}"
             )
+    live = {r.info.run_id for r in runs.trials}
+    for run in runs.superseded:
+        successor = run.data.tags.get("hairseg.superseded_by")
+        while successor is not None and successor not in live:  # superseded more than once
+            successor = runs.client.get_run(successor).data.tags.get("hairseg.superseded_by")
+        assert successor in live, f"superseded run {run.info.run_id} has no live successor"

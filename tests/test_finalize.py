@@ -86,6 +86,8 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     for row in first.table:
         assert set(row) >= {"acc", "acc_class", "miou", "fwiou", "boundary_f", "ms_per_image"}
         assert row["ms_per_image"] > 0
+        assert row["miou_lo"] <= row["miou"] <= row["miou_hi"]  # Table 5's bootstrap interval
+    assert first.decision["bootstrap"] is None  # nothing to compare the first model with
     assert {"model.onnx", "model.ts", "model.json"} <= {p.name for p in (tmp_path / "exports" / "s1").iterdir()}
     assert first.export["parity_image"] == "sample_image"  # parity measured on a real test image
 
@@ -96,6 +98,18 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     assert second.decision["champion_inference_scale"] == 65  # from the champion's version tag
     assert second.table[0]["miou"] > first.table[0]["miou"] + 0.2
     assert str(tracker.champion("hairseg").version) == second.model_version == "2"
+    # promoted on the paired bootstrap interval, which is recorded on the version and the run
+    boot = second.decision["bootstrap"]
+    assert boot["lo"] > 0.2 and boot["resamples"] == 2000 and boot["confidence"] == 0.95
+    assert boot["n_images"] == len(load_test_split(cfg.model_dump(), "test", None))
+    tags = tracker.client.get_model_version("hairseg", "2").tags
+    assert float(tags["hairseg.promotion.ci_lo"]) == pytest.approx(boot["lo"], abs=1e-6)
+    assert tags["hairseg.promotion.resamples"] == "2000" and tags["hairseg.promotion.confidence"] == "0.95"
+    final_run = tracker.client.get_run(second.finalize_run_id)
+    assert final_run.data.metrics["promotion_ci_hi"] == pytest.approx(boot["hi"])
+    assert final_run.data.params["bootstrap_resamples"] == "2000"
+    assert final_run.data.tags["hairseg.promotion.images"] == str(boot["n_images"])
+    assert "95% CI [" in second.decision["reason"]
 
     # 3. a worse model is registered but does not move the alias; with no export_size (what
     # FinalizeSettings(export_size=None) means) the webcam export is made at the trained scale
@@ -106,6 +120,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     meta = json.loads((tmp_path / "exports" / "s3" / "model.json").read_text())
     assert (meta["input"]["size"], meta["input"]["train_scale"]) == (65, 65)
     assert "champion kept" in third.decision["reason"]
+    assert third.decision["bootstrap"]["hi"] < 0  # clearly worse on every resample
     assert str(tracker.champion("hairseg").version) == "2"
 
     # 4. dry run: decision shown, registry untouched
@@ -126,7 +141,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     # models:/hairseg@champion loads back as the DeepLab module and reproduces the metrics
     model = tracker.load_model("models:/hairseg@champion")
     assert type(model).__name__ == "DeepLabV3Plus"
-    assert model_train_scale(model) == 65  # the scale travels inside the registered module
+    assert model_train_scale(model) == 65  # the scale travels in the registered state-dict checkpoint
     test = load_test_split(cfg.model_dump(), "test", None)
     dataset = [{"image": i, "mask": m} for i, m in zip(test.images, test.masks, strict=True)]
     again = evaluate_predictor(ModelPredictor(model), dataset)

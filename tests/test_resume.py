@@ -89,8 +89,11 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
         for r in before.trials
         if r.info.status == "FINISHED"
     }
-    results_before = tune_results(ws.sweep_dir())
-    interrupted = [r.data.tags["hairseg.trial_id"] for r in before.trials if r.info.status == "RUNNING"]
+    interrupted = {
+        r.data.tags["hairseg.trial_id"]: (r.info.run_id, len(before.history(r.info.run_id)))
+        for r in before.trials
+        if r.info.status == "RUNNING"
+    }
     assert finished_before and interrupted
 
     # No --space: the sweep's manifest (written beside Tune's state) supplies space and experiment.
@@ -108,11 +111,18 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
         run = by_trial[trial_id]
         assert after.history(run.info.run_id) == history, f"finished trial {trial_id} was trained again"
         assert run.data.tags["hairseg.epochs_run"] == epochs_run, f"finished trial {trial_id} ran on"
-    for trial_id in interrupted:
+    for trial_id, (old_run, logged) in interrupted.items():
         # It continues from the newest checkpoint Tune's saved state knows, which may be older
-        # than the newest one written (the state is saved every few seconds), never newer.
-        restored = int(by_trial[trial_id].data.tags["hairseg.restored_from_epoch"])
-        assert 0 <= restored <= len(results_before.get(trial_id, [])), f"trial {trial_id} from epoch {restored}"
+        # than the newest epoch it logged (the state is saved every few seconds), never newer.
+        run = by_trial[trial_id]
+        restored = int(run.data.tags["hairseg.restored_from_epoch"])
+        assert 0 <= restored <= logged, f"trial {trial_id} restored from epoch {restored}, had logged {logged}"
+        if restored == logged:  # continued from its last logged epoch: the same run goes on
+            assert run.info.run_id == old_run and "hairseg.supersedes" not in run.data.tags
+        else:  # restarted from an older point: a copy holding epochs 1..restored replaced the run
+            assert run.data.tags["hairseg.supersedes"] == old_run, f"trial {trial_id} restarted in its old run"
+            assert after.client.get_run(old_run).info.lifecycle_stage == "deleted"
+        print(f"trial {trial_id}: logged {logged} epochs before the kill, continued from epoch {restored}")
 
 
 def test_resume_without_a_sweep_fails_clearly(ws: Workspace) -> None:

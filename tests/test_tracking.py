@@ -106,7 +106,8 @@ def test_start_trial_reuses_the_trials_run(tracker: Tracker) -> None:
     run = tracker.client.get_run(first)
     assert run.info.status == "RUNNING", "a reopened trial run is running again"
     assert run.data.tags[TAG_TRIAL] == "t1" and run.data.tags[TAG_SWEEP] == "sweep-a"
-    assert run.data.tags[TAG_KIND] == "trial" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags[TAG_KIND] == "trial" and run.data.tags["hairseg.parent_run_id"] == parent
+    assert "mlflow.parentRunId" not in run.data.tags, "trial runs are top-level rows of MLflow's table"
     assert run.data.params == {"lr_head": "0.001", "dataset_options.size": "97"}
     assert [m.value for m in tracker.client.get_metric_history(first, "val_miou")] == [0.5]
     assert {r.info.run_id for r in tracker.trial_runs("sweep-a")} == {first, other_trial}
