@@ -981,10 +981,10 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     name, _, ref = uri[len("models:/") :].partition("@")
     try:
         if ref:
-            version = client.get_model_version_by_alias(name, ref)
+            version = with_retries(lambda: client.get_model_version_by_alias(name, ref), "resolve model alias")
         else:
             name, _, number = name.partition("/")
-            version = client.get_model_version(name, number)
+            version = with_retries(lambda: client.get_model_version(name, number), "get model version")
     except MlflowException as exc:
         raise FileNotFoundError(f"{uri}: no such registered model version in {tracking_uri} ({exc.message})") from None
     run_id = version.tags.get("hairseg.export_run_id") or version.run_id

@@ -27,7 +27,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hairseg_core.config import FinalizeSettings, SearchSpace  # noqa: E402
-from hairseg_core.tracking import Tracker, TrackingUnavailable, check_tracking, resolve_tracking_uri  # noqa: E402
+from hairseg_core.tracking import (  # noqa: E402
+    Tracker,
+    TrackingUnavailable,
+    check_tracking,
+    resolve_tracking_uri,
+    with_retries,
+)
 
 
 def local_checkpoint(path: str, workdir: Path) -> Path:
@@ -76,13 +82,7 @@ def report(tracker: Tracker, parent_run_id: str, export_dir: str | None = None) 
 
 
 def _parent_from_experiment(tracker: Tracker) -> Any:
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string="tags.`hairseg.kind` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50,
-    )
-    for run in runs:
+    for run in tracker.latest_sweep_runs():
         if "hairseg.best_checkpoint" in run.data.tags:
             return run
     raise SystemExit(f"experiment {tracker.experiment!r} has no sweep with a best trial yet")
@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         tracker = Tracker(tracking_uri, args.experiment)
     else:
         if args.run_id:
-            run = Tracker(tracking_uri, "unused").client.get_run(args.run_id)
-            experiment = Tracker(tracking_uri, "unused").client.get_experiment(run.info.experiment_id).name
+            lookup = Tracker(tracking_uri, "unused")
+            run = lookup.get_run(args.run_id)
+            experiment = with_retries(
+                lambda: lookup.client.get_experiment(run.info.experiment_id), "get experiment"
+            ).name
             tracker = Tracker(tracking_uri, experiment)
         else:
             tracker = Tracker(tracking_uri, args.experiment)
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             report(tracker, parent)
             return 0
         with tempfile.TemporaryDirectory() as tmp:
-            best = json.loads(Path(tracker.client.download_artifacts(parent, "best_trial.json", tmp)).read_text())
-            space = json.loads(Path(tracker.client.download_artifacts(parent, "search_space.json", tmp)).read_text())
+            best = json.loads(tracker.download_artifact(parent, "best_trial.json", tmp).read_text())
+            space = json.loads(tracker.download_artifact(parent, "search_space.json", tmp).read_text())
         settings = FinalizeSettings(**space.get("finalize", {}))
         train_config, checkpoint = best["config"], best["checkpoint_path"]
     if args.space:
