@@ -122,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
+    # Pretrained weights first (cheaper than decoding data): resolved (fetched once if missing),
+    # loaded strictly into their backbone, then handed to every trial through the object store (no trial downloads).
+    from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
+
+    try:
+        weights = hs_tune.sweep_weights(space)
+    except (WeightsNotFoundError, WeightsMismatchError) as exc:
+        print(f"\nerror: pretrained weights: {exc}", file=sys.stderr)
+        return 2
+
     # The data every trial shares is decoded here, before Ray and before the MLflow parent run:
     # a corrupt image or a wrong path fails in seconds, naming the file.
     try:
@@ -144,16 +154,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-
-    # Pretrained weights too: resolved (fetched once if missing), loaded strictly into their
-    # backbone, then handed to every trial through the object store (no trial downloads).
-    from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
-
-    try:
-        weights = hs_tune.sweep_weights(space)
-    except (WeightsNotFoundError, WeightsMismatchError) as exc:
-        print(f"\nerror: pretrained weights: {exc}", file=sys.stderr)
-        return 2
 
     import ray
 
