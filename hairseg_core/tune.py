@@ -35,6 +35,7 @@ from ray.tune import Callback, Checkpoint
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from hairseg_core.config import ParamSpec, SearchSpace, TrainConfig, search_space_from_dict
 from hairseg_core.data.fingerprint import fingerprint_config
@@ -310,7 +311,11 @@ class FailOnceCallback(Callback):
 
     def _ensure_board(self) -> Any:
         if self._board is None:
-            self._board = FailOnceBoard.options(name=_board_name(self.sweep), get_if_exists=True).remote()
+            # On the driver's node: a worker node that dies (spot preemption) must not take it along.
+            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+            self._board = FailOnceBoard.options(
+                name=_board_name(self.sweep), get_if_exists=True, scheduling_strategy=here
+            ).remote()
         return self._board
 
     def setup(self, **info: Any) -> None:
@@ -323,7 +328,14 @@ class FailOnceCallback(Callback):
         ready, _ = ray.wait([self._pending], timeout=0)
         if not ready:
             return
-        reported: dict[str, str] = ray.get(self._pending)
+        try:
+            reported: dict[str, str] = ray.get(self._pending)
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as exc:
+            # The board went away with its node: start a new one; a trial that reported to the
+            # old one is retried as usual after its acknowledgement timeout (never worse than Tune).
+            logger.warning("fail-once board lost (%s); starting a new one", type(exc).__name__)
+            self._board = self._pending = None
+            return
         self._pending = None
         if not reported:
             return

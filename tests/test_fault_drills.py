@@ -117,7 +117,7 @@ def test_mlflow_server_restart_mid_sweep(ws: Workspace, tmp_path) -> None:
             finished_before = wait_until(one_finished_one_running, 240, "a finished and a running trial", 0.3)
             server.stop()  # returns once the server process is gone: from here on it is really down
             down_at = time.time()
-            time.sleep(5)  # trials keep training and try to log while the server is away
+            time.sleep(12)  # trials keep training and try to log while the server is away
             up_at = time.time()  # still down until start() below brings it back: a conservative window
             server.start()
             sweep.wait(300)
