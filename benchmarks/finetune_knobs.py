@@ -34,9 +34,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no precise BN": {"precise_bn_batches": 0},
     "head warm-up (backbone frozen 30 steps, LR ramp 30)": {"freeze_backbone_steps": 30, "warmup_steps": 30},
     "channels-last": {"channels_last": True},
-    "161 px (lower search resolution)": {"crop_size": 161, "base_size": 161, "eval_size": 161},
-    "from scratch": {"pretrained": "none"},
+    "161 px crop of the 193 px image (laptop.yaml)": {"crop_size": 161},
+    "161 px scale (lower search resolution)": {"crop_size": 161, "base_size": 161, "eval_size": 161},
 }
+#: Not in the default list (measured elsewhere: benchmarks/README.md, ImageNet vs from scratch).
+EXTRA_VARIANTS: dict[str, dict[str, Any]] = {"from scratch": {"pretrained": "none"}}
 
 
 def run_variant(job: tuple[str, dict[str, Any], int, int, str]) -> tuple[str, dict[str, float]]:
@@ -47,12 +49,15 @@ def run_variant(job: tuple[str, dict[str, Any], int, int, str]) -> tuple[str, di
     torch.set_num_threads(1)
     from hairseg_core.config import load_train_config, train_config_from_dict
     from hairseg_core.data import build_dataset
-    from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
+    from hairseg_core.evaluate import evaluate_predictor
+    from hairseg_core.inference import HairPredictor
     from hairseg_core.scaling import attach_train_scale, inference_scale
     from hairseg_core.train import Trainer
 
     base = load_train_config(ROOT / "configs" / "celeb1k_mobilenet_v2.yaml").model_dump()
-    base.update({"data_root": data_root, "epochs": epochs, "max_steps_per_epoch": steps, **overrides})
+    # num_workers 0: one core per variant, augmentation in the training thread (as laptop.yaml;
+    # pool workers are daemons and cannot start DataLoader workers)
+    base.update({"data_root": data_root, "epochs": epochs, "max_steps_per_epoch": steps, "num_workers": 0, **overrides})
     cfg = train_config_from_dict(base, source=name)
     started = time.perf_counter()
     trainer = Trainer(cfg)
@@ -62,7 +67,7 @@ def run_variant(job: tuple[str, dict[str, Any], int, int, str]) -> tuple[str, di
     wall = time.perf_counter() - started
     model = attach_train_scale(trainer.model.eval(), inference_scale(cfg))
     test = build_dataset("folder", "test", root=data_root)
-    scores = evaluate_predictor(ModelPredictor(model), test)
+    scores = evaluate_predictor(HairPredictor.from_model(model), test)
     return name, {
         "val_miou": float(trainer.history[-1]["val_miou"]),
         "test_miou": float(scores["miou"]),
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     names = args.only or list(VARIANTS)
-    jobs = [(n, VARIANTS[n], args.epochs, args.steps, args.data_root) for n in names]
+    known = {**VARIANTS, **EXTRA_VARIANTS}
+    jobs = [(n, known[n], args.epochs, args.steps, args.data_root) for n in names]
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {len(jobs)} variants, "
         f"{args.epochs} x {args.steps} steps each, {args.processes} at a time, 1 thread each"

@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from hairseg_core.latency import interleaved_times, latency_stats
 from hairseg_core.postprocess import DenseCRF, closed_form_matting, make_trimap, mishima_matting
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, probs, trimap
@@ -70,18 +69,11 @@ def synthetic(size: int, count: int, seed: int = 0) -> list[tuple[np.ndarray, np
 def time_methods(
     methods: dict[str, Callable[[Sample], object]], samples: list[Sample], repeats: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Milliseconds per call; methods are interleaved so background load hits all of them alike."""
-    for fn in methods.values():
-        for sample in samples[: max(warmup, 1)]:
-            fn(sample)  # first calls: numba JIT / cache load in pymatting, OpenCV thread pool start-up
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for sample in samples:
-            for name, fn in methods.items():
-                start = time.perf_counter()
-                fn(sample)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+    """Milliseconds per call (``hairseg_core.latency.interleaved_times``, in a fixed order): every method
+    runs on one image, then all on the next, so background load hits all of them alike. The untimed
+    first calls (at least one) cover numba JIT / cache load in pymatting and OpenCV thread pool start-up."""
+    calls = {name: (lambda i, fn=fn: fn(samples[i % len(samples)])) for name, fn in methods.items()}
+    return interleaved_times(calls, repeats * len(samples), warmup=max(warmup, 1), shuffle_seed=None)
 
 
 def cpu_name() -> str:
@@ -129,13 +121,14 @@ def main() -> None:
     print(f"timing: {args.repeats} passes x {len(samples)} images = {args.repeats * len(samples)} calls each")
     # Other processes on the machine inflate the figures; the 1-min load average makes that visible.
     print(f"1-min load average before/after: {load_before:.2f} / {load_after:.2f}\n")
-    base_crf = statistics.median(times["dense CRF, 5 iterations"])
-    base_mishima = statistics.median(times["Mishima matting"])
+    stats = {name: latency_stats(values) for name, values in times.items()}
+    base_crf = stats["dense CRF, 5 iterations"].median_ms
+    base_mishima = stats["Mishima matting"].median_ms
     header = f"{'step':<26}{'median ms':>11}{'p90 ms':>10}{'x CRF-5':>10}{'x Mishima':>11}"
     print(header)
     print("-" * len(header))
-    for name, values in times.items():
-        median, p90 = statistics.median(values), float(np.percentile(values, 90))
+    for name, stat in stats.items():
+        median, p90 = stat.median_ms, stat.p90_ms
         print(f"{name:<26}{median:>11.2f}{p90:>10.2f}{median / base_crf:>10.3f}{median / base_mishima:>11.1f}")
 
 

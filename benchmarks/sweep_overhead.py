@@ -6,7 +6,7 @@ in one process, and prints wall times side by side:
 
 * ``plain loop``   ``Trainer(cfg, data).fit()`` per configuration, torch limited to the trial's
                    CPUs: the cost of the training itself;
-* ``tune, 1 at a time``   the product path (``hairseg_core.tune.run_trial`` through
+* ``tune, 1 at a time``   the product path (``hairseg_core.sweep.trial.run_trial`` through
                    ``tune.with_parameters`` / ``tune.with_resources``, MLflow child runs in a
                    sqlite store, a checkpoint reported every epoch), one trial at a time: the
                    ratio to the plain loop is Tune + MLflow + checkpoint overhead;
@@ -47,9 +47,11 @@ from ray import tune  # noqa: E402
 
 from hairseg_core import train as train_module  # noqa: E402
 from hairseg_core.config import load_search_space  # noqa: E402
+from hairseg_core.sweep.callbacks import MlflowStatusCallback  # noqa: E402
+from hairseg_core.sweep.trial import TrackingSettings, run_trial  # noqa: E402
+from hairseg_core.sweep.tuner import REUSE_ACTORS  # noqa: E402
 from hairseg_core.tracking import Tracker  # noqa: E402
 from hairseg_core.train import Trainer, TrialData, load_trial_data  # noqa: E402
-from hairseg_core.tune import MlflowStatusCallback, TrackingSettings, run_trial  # noqa: E402
 
 
 def measured_trial(
@@ -107,7 +109,13 @@ def plain_loop(fixed: dict[str, Any], lrs: list[float], data: TrialData, cpus: i
 
 
 def tune_run(
-    fixed: dict[str, Any], lrs: list[float], data: TrialData, cpus: int, concurrency: int, workdir: Path
+    fixed: dict[str, Any],
+    lrs: list[float],
+    data: TrialData,
+    cpus: int,
+    concurrency: int,
+    workdir: Path,
+    reuse: bool = REUSE_ACTORS,
 ) -> tuple[float, list[dict[str, Any]], int]:
     """Wall seconds, per-trial records, and the number of MLflow child runs created."""
     uri = f"sqlite:///{workdir / 'mlruns.db'}"
@@ -121,7 +129,7 @@ def tune_run(
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus}),
         param_space={"lr_head": tune.grid_search(lrs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse),
         run_config=tune.RunConfig(
             name=sweep,
             storage_path=str(workdir / "ray_results"),
@@ -148,6 +156,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per epoch")
     p.add_argument("--cpus-per-trial", type=int, default=1)
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument(
+        "--no-reuse-actors",
+        action="store_true",
+        help="a fresh worker process per trial (Tune's default) instead of the sweep's reuse_actors",
+    )
     args = p.parse_args()
 
     space = load_search_space(args.space)
@@ -179,7 +192,9 @@ def main() -> int:
         runs = {}
         for concurrency in sorted({1, parallel}) if args.trials else []:
             with tempfile.TemporaryDirectory(prefix="hairseg-overhead-") as tmp:
-                runs[concurrency] = tune_run(fixed, lrs, data, args.cpus_per_trial, concurrency, Path(tmp))
+                runs[concurrency] = tune_run(
+                    fixed, lrs, data, args.cpus_per_trial, concurrency, Path(tmp), reuse=not args.no_reuse_actors
+                )
     finally:
         ray.shutdown()
 
@@ -223,6 +238,8 @@ def main() -> int:
         figures[f"tune_c{concurrency}"] = {"wall_s": wall, "trials": records, "mlflow_child_runs": child_runs}
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    if args.trials:  # the last line: the ratios side by side, as JSON
+        print(json.dumps({f"tune_{c}x_vs_plain": round(runs[c][0] / plain, 3) for c in runs}))
     return 0
 
 

@@ -48,21 +48,15 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hairseg_core.coloring import TemporalSmoother, recolor  # noqa: E402
-from hairseg_core.export import (  # noqa: E402
-    export_all,
-    normalize_image,
-    synthetic_portrait,
-)
-from hairseg_core.inference import (  # noqa: E402
-    BACKENDS,
-    HairPredictor,
-    OnnxRunner,
-    Preprocessor,
-    load_checkpoint_model,
-    unletterbox,
-)
+from hairseg_core.artifact import ModelMetadata, load_checkpoint_model, normalize_image, read_metadata  # noqa: E402
+from hairseg_core.coloring import recolor  # noqa: E402
+from hairseg_core.export import export_all, synthetic_portrait  # noqa: E402
+from hairseg_core.inference import BACKENDS, HairPredictor, OnnxRunner, Preprocessor, unletterbox  # noqa: E402
+from hairseg_core.latency import LatencyStats, interleaved_times, latency_stats  # noqa: E402
 from hairseg_core.models import build_model  # noqa: E402
+from hairseg_core.scaling import effective_eval_size  # noqa: E402
+from hairseg_core.temporal import EmaSmoother  # noqa: E402
+from hairseg_core.train import recalibrate_batchnorm as precise_bn  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mnv2-256": {"backbone": "mobilenet_v2", "output_stride": 16, "aspp_channels": 256, "decoder_channels": 256},
@@ -160,27 +154,12 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
 # -------------------------------------------------------------------------------------------- timing
 
 
-def interleaved_median_ms(
-    calls: dict[str, Callable[[int], object]], rounds: int, warmup: int
-) -> dict[str, dict[str, float]]:
-    """Call each entry once per round in shuffled order (argument: round index); median/p90 ms per entry."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
-    rng = np.random.default_rng(0)
-    for index in range(warmup + rounds):
-        rng.shuffle(order)  # no call always follows the same neighbour (thread pools winding down, caches)
-        for name in order:
-            fn = calls[name]
-            start = time.perf_counter()
-            fn(index)
-            if index >= warmup:
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {
-        name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()
-    }
+def interleaved_stats(calls: dict[str, Callable[[int], object]], rounds: int, warmup: int) -> dict[str, LatencyStats]:
+    """``hairseg_core.latency.interleaved_times`` (one call of each per round, shuffled), summarised."""
+    return {name: latency_stats(t) for name, t in interleaved_times(calls, rounds, warmup).items()}
 
 
-def app_step(predictor: HairPredictor, smoother: TemporalSmoother, frame_bgr: np.ndarray) -> np.ndarray:
+def app_step(predictor: HairPredictor, smoother: EmaSmoother, frame_bgr: np.ndarray) -> np.ndarray:
     """One iteration of pipelines/webcam.py's loop, minus display and file output."""
     rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
     prob = smoother(predictor(rgb))
@@ -189,15 +168,13 @@ def app_step(predictor: HairPredictor, smoother: TemporalSmoother, frame_bgr: np
 
 def stage_breakdown(frames: list[np.ndarray], size: int, rounds: int) -> dict[str, float]:
     """Median ms of the non-model stages at ``size`` (independent of the back-end)."""
-    from hairseg_core.export import ModelMetadata
-
     pre = Preprocessor(ModelMetadata(input_size=size))
     rgbs = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames]
     boxes = [pre(r)[1] for r in rgbs]
     rng = np.random.default_rng(0)
     fake = rng.random((size, size), dtype=np.float32)
     probs = [unletterbox(fake, b) for b in boxes]
-    smoother = TemporalSmoother(0.5)
+    smoother = EmaSmoother(0.5)
     hair = _hair_blob(*FRAME_HW)
     stages = {
         "bgr<->rgb": lambda i: (
@@ -209,7 +186,7 @@ def stage_breakdown(frames: list[np.ndarray], size: int, rounds: int) -> dict[st
         "ema": lambda i: smoother(probs[i % len(probs)]),
         "recolour": lambda i: recolor(rgbs[i % len(rgbs)], hair, "red", 0.8),
     }
-    return {k: round(v["median_ms"], 2) for k, v in interleaved_median_ms(stages, rounds, 2).items()}
+    return {k: round(v.median_ms, 2) for k, v in interleaved_stats(stages, rounds, 2).items()}
 
 
 def _hair_blob(height: int, width: int) -> np.ndarray:
@@ -284,31 +261,26 @@ def miou_on_folder(
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, image_dir: Path, count: int, size: int) -> int:
-    """Recompute BatchNorm running statistics from ``count`` images (resized to ``size``) in train mode.
+    """Precise BN (``hairseg_core.train.recalibrate_batchnorm``) from ``count`` images resized to ``size``.
 
     A very short from-scratch CPU run leaves running statistics that lag far behind the weights, and the
     eval-mode network then predicts one class everywhere; averaging exact batch statistics over some
-    training images ("precise BN") fixes that without changing any weight. Returns the images used.
+    training images fixes that without changing any weight. Returns the images used.
     """
     files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "mask" not in str(p))
     files = files[:count]
     if not files:
         raise SystemExit(f"--recalibrate-bn {image_dir}: no images found")
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches below
-    model.train()
-    with torch.no_grad():
-        for start in range(0, len(files), 8):
-            batch = [
+    batches = (
+        torch.cat(
+            [
                 normalize_image(cv2.resize(cv2.imread(str(f))[..., ::-1].copy(), (size, size)))
                 for f in files[start : start + 8]
             ]
-            model(torch.cat(batch))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
+        )
+        for start in range(0, len(files), 8)
+    )
+    precise_bn(model, batches)
     model.eval()
     return len(files)
 
@@ -328,8 +300,6 @@ def benchmark_variant(
     started = time.perf_counter()
     exported = export_all(model, out_dir, input_size=sizes[0], latency_repeats=1)
     rgb_frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames]
-    from hairseg_core.export import ModelMetadata, read_metadata
-
     calibration = [
         Preprocessor(ModelMetadata(input_size=sizes[0]))(rgb)[0].copy() for rgb in rgb_frames[: args.calibration]
     ]
@@ -364,22 +334,22 @@ def benchmark_variant(
         preprocess = Preprocessor(size_meta)
         batches = [preprocess(rgb)[0].copy() for rgb in rgb_frames]
         predictors = {row: HairPredictor(r, size_meta) for row, r in runners.items()}
-        smoothers = {row: TemporalSmoother(0.5) for row in runners}
+        smoothers = {row: EmaSmoother(0.5) for row in runners}
         calls: dict[str, Callable[[int], object]] = {}
         for row, r in runners.items():  # model-only and end-to-end in the same rounds: same load for both
             calls[f"{row}|model"] = lambda i, r=r, b=batches: r(b[i % len(b)])
             calls[f"{row}|e2e"] = lambda i, p=predictors[row], s=smoothers[row]: app_step(p, s, frames[i % len(frames)])
-        timed = interleaved_median_ms(calls, args.rounds, args.warmup)
+        timed = interleaved_stats(calls, args.rounds, args.warmup)
         model_only = {row: timed[f"{row}|model"] for row in runners}
         end_to_end = {row: timed[f"{row}|e2e"] for row in runners}
-        eager_ms = model_only["eager"]["median_ms"]
+        eager_ms = model_only["eager"].median_ms
         rows = {}
         for row in BACKEND_ROWS:
-            ms = model_only[row]["median_ms"]
-            e2e = end_to_end[row]["median_ms"]
+            ms = model_only[row].median_ms
+            e2e = end_to_end[row].median_ms
             rows[row] = {
                 "model_ms": round(ms, 2),
-                "model_p90_ms": round(model_only[row]["p90_ms"], 2),
+                "model_p90_ms": round(model_only[row].p90_ms, 2),
                 "model_fps": round(1000.0 / ms, 1),
                 "speedup_vs_eager": round(eager_ms / ms, 2),
                 "e2e_ms": round(e2e, 2),
@@ -497,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         trained, state = load_checkpoint_model(args.checkpoint) if args.checkpoint is not None else (None, {})
         train_config = state.get("train_config") or {}
         if trained is not None and args.recalibrate_bn is not None:
-            size = int(train_config.get("crop_size") or args.sizes[0])
+            size = effective_eval_size(train_config) if train_config else args.sizes[0]  # as the trainer's precise BN
             used = recalibrate_batchnorm(trained, args.recalibrate_bn, args.recalibrate_images, size)
             results["bn_recalibration"] = f"{used} images of {args.recalibrate_bn} at {size}x{size}"
         for name in args.variants:
@@ -531,10 +501,8 @@ def int8_miou(
     workdir: Path,
 ) -> dict[str, Any]:
     """fp32 vs int8 (dynamic, static) ONNX mIoU of a trained checkpoint on a labelled split."""
-    from hairseg_core.export import ModelMetadata
-
-    # evaluate at the scale the model was trained for, unless told otherwise
-    size = int(args.miou_size or train_config.get("eval_size") or train_config.get("crop_size") or args.sizes[0])
+    # evaluate at the size the model was validated at in training, unless told otherwise
+    size = int(args.miou_size or (effective_eval_size(train_config) if train_config else args.sizes[0]))
     exported = export_all(model, workdir / "checkpoint", input_size=size, latency_repeats=1)
     metadata = ModelMetadata(input_size=size, model_config=dict(model.config))
     rgb = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames[: args.calibration]]

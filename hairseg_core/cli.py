@@ -20,28 +20,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-
-def _parse_set(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from hairseg_core.cluster_config import ClusterConfigError, validate_cluster_config
+from hairseg_core.config import ConfigError, load_search_space, load_train_config, train_config_from_dict
+from hairseg_core.overrides import parse_set
+from hairseg_core.report import format_table
+from hairseg_core.threads import available_cpus, configure_threads
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hairseg_core.config import ConfigError, load_train_config, train_config_from_dict
-    from hairseg_core.report import format_table
-    from hairseg_core.train import CHECKPOINT_FILE, CheckpointError, Trainer
+    # Deferred here and in every command: `hairseg --help` and the light commands must not import torch.
+    from hairseg_core.artifact import CHECKPOINT_FILE, CheckpointError
+    from hairseg_core.train import Trainer  # deferred: imports torch
 
+    threads = configure_threads(args.threads)
+    try:
+        overrides = parse_set(args.set or [])
+    except ValueError as exc:
+        print(f"error: --set: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg = load_train_config(args.config) if args.config else train_config_from_dict({})
-        if args.set:
-            cfg = train_config_from_dict({**cfg.model_dump(), **_parse_set(args.set)}, source="--set")
+        if overrides:
+            cfg = train_config_from_dict({**cfg.model_dump(), **overrides}, source="--set")
     except ConfigError as exc:
         print(f"invalid config:\n{exc}", file=sys.stderr)
         return 2
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = out / CHECKPOINT_FILE
     try:
         if ckpt.is_file() and not args.restart:
-            trainer = Trainer.from_checkpoint(ckpt, progress=True)
+            trainer = Trainer.from_checkpoint(ckpt, cpus=threads, progress=True)
             if trainer.cfg != cfg:
                 print(
                     f"{ckpt} holds a run with other settings; pass --restart or another --output",
@@ -58,13 +58,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 2
             print(f"resuming {ckpt} after epoch {trainer.epoch}")
         else:
-            trainer = Trainer(cfg, progress=True)
+            trainer = Trainer(cfg, cpus=threads, progress=True)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
         f"training {cfg.backbone} (OS {cfg.output_stride}) on {cfg.dataset}: {len(trainer.train_set)} train / "
-        f"{len(trainer.val_set)} val images, device {trainer.device}"
+        f"{len(trainer.val_set)} val images, device {trainer.device}, {threads} CPU threads"
     )
     for result in trainer.fit():
         trainer.save_checkpoint(ckpt)
@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _dataset_for(data: str, split: str, name: str):
-    from hairseg_core.data import build_dataset
+    from hairseg_core.data import build_dataset  # deferred: imports torch
 
     root = Path(data)
     if name == "folder" and (root / "images").is_dir():  # DIR is itself a split directory
@@ -104,13 +104,17 @@ def _dataset_for(data: str, split: str, name: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """One JSON line of metrics; the network runs at ``--scale`` (default: the trained scale), the metrics
     are always computed on the full-resolution masks."""
-    from hairseg_core.evaluate import evaluate_predictor, load_predictor
-    from hairseg_core.scaling import MULTI_SCALES, parse_scale
+    from hairseg_core.evaluate import evaluate_predictor  # deferred: imports torch
+    from hairseg_core.inference import load_predictor  # deferred: imports torch
+    from hairseg_core.scaling import MULTI_SCALES, parse_scale  # deferred: imports cv2
 
+    threads = configure_threads(args.threads)
     scales = MULTI_SCALES if args.multi_scale else (1.0,)
     try:
         scale = parse_scale(args.scale)
-        predictor = load_predictor(args.model, device=args.device, scale=scale, scales=scales, flip=args.flip)
+        predictor = load_predictor(
+            args.model, device=args.device, scale=scale, scales=scales, flip=args.flip, intra_op_threads=threads
+        )
         dataset = _dataset_for(args.data, args.split, args.dataset)
         scores = evaluate_predictor(predictor, dataset, max_images=args.max_images, progress=True)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -129,8 +133,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hairseg_core.config import ConfigError, load_search_space
-
     status = 0
     for path in args.files:
         try:
@@ -143,8 +145,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_cluster(args: argparse.Namespace) -> int:
-    from hairseg_core.cluster_config import ClusterConfigError, validate_cluster_config
-
     status = 0
     for path in args.files:
         try:
@@ -158,8 +158,8 @@ def cmd_validate_cluster(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "download":
-        from hairseg_core.data.download import download_dataset
-        from hairseg_core.data.errors import DownloadError
+        from hairseg_core.data.download import download_dataset  # deferred: hairseg_core.data imports torch
+        from hairseg_core.data.errors import DownloadError  # deferred: hairseg_core.data imports torch
 
         try:
             path = download_dataset(args.name, args.dest, url=args.url)
@@ -168,25 +168,24 @@ def cmd_data(args: argparse.Namespace) -> int:
             return 2
         print(path)
         return 0
-    from hairseg_core.data.synthetic import ensure_synthetic
+    from hairseg_core.data.synthetic import ensure_synthetic  # deferred: hairseg_core.data imports torch
 
     print(ensure_synthetic(root=args.root, size=args.size, seed=args.seed))
     return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
+    # deferred: hairseg_core.models imports torch
     from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights, imagenet_backbones
-    from hairseg_core.models.weights import WeightsNotFoundError
+    from hairseg_core.models.weights import WeightsNotFoundError  # deferred: hairseg_core.models imports torch
 
     if args.weights_cmd == "list":
-        from hairseg_core.models.backbones import PRETRAINED_SOURCES
+        from hairseg_core.models.backbones import PRETRAINED_SOURCES  # deferred: imports torch
 
         for backbone, source in PRETRAINED_SOURCES.items():
             cached = cached_imagenet_weights(backbone)
             print(f"{backbone}\t{source.file_names[0]}\t{source.url}\t{cached if cached else 'not cached'}")
         return 0
-
-    from hairseg_core.config import ConfigError, load_search_space
 
     backbones = list(args.backbones)
     for path in args.space or []:
@@ -216,6 +215,23 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help=f"torch / OpenCV / ONNX Runtime threads (default: the CPUs this process may use, here "
+        f"{available_cpus()}); never more than the cores you have (README, Threads)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hairseg", description="DeepLabv3+ hair segmentation tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
     p.add_argument("--output", default="runs/train", help="folder for checkpoint.pt and metrics.json")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    _add_threads(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint or exported model on a dataset folder")
@@ -243,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--multi-scale", action="store_true", help="average probabilities at 0.75, 1 and 1.25 x --scale")
     p.add_argument("--flip", action="store_true", help="also average over the mirrored image")
+    _add_threads(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("validate", help="validate search-space YAML files without running anything")

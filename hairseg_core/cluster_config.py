@@ -18,6 +18,8 @@ Ray is imported lazily, only by :func:`validate_cluster_config` on autoscaler co
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -188,11 +190,9 @@ def _text_secret_problems(text: str) -> list[str]:
 
 
 def _installed_ray_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("ray")
-    except PackageNotFoundError:  # pragma: no cover - ray is a project dependency
+        return importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - ray is a project dependency
         return "unknown"
 
 
@@ -275,8 +275,8 @@ def _ray_validation(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
     inside the Ray package; no provider SDK or network is touched), the JSON schema (every violation,
     with its path) and ``validate_config``. The provider bootstrap that follows in `ray up` (cloud API
     calls) is deliberately not run."""
-    import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    import jsonschema  # deferred: jsonschema only to check `ray up` configs
+    from ray.autoscaler._private.util import prepare_config, validate_config  # deferred: Ray only for `ray up` configs
 
     problems: list[str] = []
     provider = raw.get("provider")
@@ -303,9 +303,7 @@ def _ray_validation(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
 
 
 def _ray_schema() -> dict[str, Any]:
-    import json
-
-    import ray.autoscaler
+    import ray.autoscaler  # deferred: Ray only for `ray up` configs
 
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
     return json.loads(schema_path.read_text(encoding="utf-8"))

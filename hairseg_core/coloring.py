@@ -15,17 +15,17 @@ Pixels with ``strength * prob < 1/510`` could move by less than half a grey leve
 at all: they stay bit-identical to the input, and the Lab work covers only the bounding box of the hair
 region, which keeps colouring at ~1-5 ms per 640x480 frame on 2 CPU cores.
 
-Also here: ``TemporalSmoother`` (EMA of the probability map across video frames) and ``flicker`` (mean
-absolute frame-to-frame change of a probability sequence), used to show that smoothing calms the mask.
+Smoothing across video frames and the flicker metrics live in ``hairseg_core.temporal``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 import cv2
 import numpy as np
+
+__all__ = ["NAMED_COLORS", "parse_color", "recolor"]
 
 RGB = tuple[int, int, int]
 
@@ -156,52 +156,3 @@ def recolor(
     dyed += lab
     cv2.copyTo(_lab_to_rgb(dyed), region[rows, cols].view(np.uint8), out[rows, cols])  # in place, masked
     return out
-
-
-class TemporalSmoother:
-    """Exponential moving average of probability maps across video frames.
-
-    ``smoothed_t = momentum * smoothed_{t-1} + (1 - momentum) * prob_t``. A per-frame network flickers at
-    the hair boundary because each frame is segmented independently; the EMA trades a little lag for a
-    steadier mask. ``momentum = 0`` disables smoothing. The state resets when the frame size changes.
-    """
-
-    def __init__(self, momentum: float = 0.5) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
-        self._state: np.ndarray | None = None
-
-    def reset(self) -> None:
-        """Forget the previous frames (e.g. on a scene cut or a new input file)."""
-        self._state = None
-
-    def __call__(self, prob: np.ndarray) -> np.ndarray:
-        prob = prob.astype(np.float32, copy=False)
-        if self._state is None or self._state.shape != prob.shape or self.momentum == 0.0:
-            self._state = prob.copy()
-        else:
-            self._state *= np.float32(self.momentum)
-            self._state += np.float32(1.0 - self.momentum) * prob
-        return self._state.copy()
-
-
-def flicker(probs_sequence: Iterable[np.ndarray]) -> float:
-    """Mean absolute change of the probability between consecutive frames, averaged over frames and pixels.
-
-    On a still scene a perfect segmenter gives 0; larger values mean a more flickering mask.
-    """
-    total = 0.0
-    pairs = 0
-    previous: np.ndarray | None = None
-    for prob in probs_sequence:
-        current = np.asarray(prob, dtype=np.float32)
-        if previous is not None:
-            if current.shape != previous.shape:
-                raise ValueError(f"flicker needs equally sized maps, got {previous.shape} then {current.shape}")
-            total += float(np.mean(np.abs(current - previous)))
-            pairs += 1
-        previous = current
-    if pairs == 0:
-        raise ValueError("flicker needs at least two probability maps")
-    return total / pairs

@@ -7,6 +7,7 @@ hour into a GPU cluster run. Errors name the file, the key path and what was exp
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,7 +71,7 @@ class DataSource(_Strict):
 
 
 def _check_dataset_name(value: str) -> str:
-    from hairseg_core.data import DATASETS
+    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
 
     if value not in DATASETS:
         raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
@@ -79,9 +80,7 @@ def _check_dataset_name(value: str) -> str:
 
 def _check_dataset_options(dataset: str, options: dict[str, Any], where: str = "dataset_options") -> None:
     """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
-    import inspect
-
-    from hairseg_core.data import DATASETS
+    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
 
     params = inspect.signature(DATASETS.get(dataset)).parameters.values()
     allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
@@ -158,7 +157,7 @@ class TrainConfig(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from hairseg_core.models import BACKBONES
+        from hairseg_core.models import BACKBONES  # deferred: the model zoo imports torch; config stays light
 
         if value not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; expected one of {BACKBONES.names()}")
@@ -354,6 +353,10 @@ class SearcherSpec(_Strict):
     population_size: Annotated[int, Field(ge=2)] | None = None
     storage: str | None = None
     study_name: str | None = None
+    #: Configurations tried first, before the sampler's own (Optuna ``enqueue_trial``): a recipe
+    #: already measured to work, so a short study starts from it instead of from chance. Each maps
+    #: searched parameter names to values inside their ranges; one left out is sampled.
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _population_for_nsga2(self) -> SearcherSpec:
@@ -402,7 +405,7 @@ class FinalizeSettings(_Strict):
     @model_validator(mode="after")
     def _postprocessors_build(self) -> FinalizeSettings:
         """A bad CRF or matting setting would only surface after the whole sweep has trained."""
-        from hairseg_core.postprocess.pipeline import build_table5_variants
+        from hairseg_core.postprocess.pipeline import build_table5_variants  # deferred: cv2, pydensecrf, pymatting
 
         try:
             build_table5_variants(self.crf, self.matting)
@@ -440,6 +443,25 @@ class SearchSpace(_Strict):
     max_failures: Annotated[int, Field(ge=0)] = 2
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
     finalize: FinalizeSettings = Field(default_factory=FinalizeSettings)
+
+    def _check_points_to_evaluate(self) -> None:
+        """Each start point names searched parameters only, with a value each one can take."""
+        points = self.searcher.points_to_evaluate
+        if len(points) > self.num_samples:
+            raise ValueError(f"searcher.points_to_evaluate: {len(points)} points but num_samples is {self.num_samples}")
+        for i, point in enumerate(points):
+            where = f"searcher.points_to_evaluate[{i}]"
+            for name, value in point.items():
+                spec = self.params.get(name)
+                if spec is None:
+                    raise ValueError(f"{where}.{name}: not a searched parameter; expected one of {sorted(self.params)}")
+                if spec.type == "categorical":
+                    if value not in spec.values():
+                        raise ValueError(f"{where}.{name}: {value!r} is not one of its choices {spec.values()!r}")
+                elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{where}.{name}: expected a number in [{spec.low}, {spec.high}], got {value!r}")
+                elif not spec.low <= value <= spec.high:  # type: ignore[operator]
+                    raise ValueError(f"{where}.{name}: {value} is outside [{spec.low}, {spec.high}]")
 
     def _check_no_inert_params(self) -> None:
         """A searched setting that no trial can use spends the budget on noise (e.g. mixup_alpha, mixup off)."""
@@ -554,6 +576,7 @@ class SearchSpace(_Strict):
                 if parent.type == "categorical" and missing:
                     raise ValueError(f"params.{name}.choices: no entry for {spec.by} = {missing}")
             seen.append(name)
+        self._check_points_to_evaluate()
         # every value that can reach a trial must be a valid TrainConfig value
         base = dict(self.fixed)
         try:
@@ -624,6 +647,24 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _pin_searched(raw: dict[str, Any], key: str) -> None:
+    """An override ``fixed.X`` of a searched ``X`` pins it: ``X`` leaves ``params`` and the start points.
+
+    ``--set crop_size=65`` on a space that searches ``crop_size`` means "every trial at 65" (a quick
+    run of a shipped study); refusing it as "fixed and searched" would make a user edit the file.
+    """
+    prefix, _, name = key.partition(".")
+    params = raw.get("params")
+    if prefix != "fixed" or "." in name or not isinstance(params, dict) or name not in params:
+        return
+    del params[name]
+    searcher = raw.get("searcher")
+    points = searcher.get("points_to_evaluate") if isinstance(searcher, dict) else None
+    if isinstance(points, list):
+        kept = [{k: v for k, v in p.items() if k != name} if isinstance(p, dict) else p for p in points]
+        searcher["points_to_evaluate"] = [p for p in kept if p != {}]
+
+
 def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a search-space YAML.
 
@@ -644,6 +685,7 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
+            _pin_searched(raw, key)
     fixed = raw.get("fixed")
     if isinstance(fixed, dict):
         _absolute_roots(fixed)

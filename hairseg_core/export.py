@@ -18,6 +18,10 @@ every export is verified numerically against eager PyTorch before it is declared
 The default opset is 18 because the dynamo exporter has no lower-opset implementations (asking it for 17
 silently yields 18 after a failed down-conversion); pass ``opset=17`` to get a true opset-17 file from the
 TorchScript-based exporter.
+
+This module writes the artifact; what the files contain (checkpoint format, ``model.json`` schema, the
+normaliser, ``ProbabilityModel``) and how they are read back is defined in ``hairseg_core.artifact``. The
+latency recorded in ``model.json`` is ``latency.measure_latency`` of each ``inference`` back-end.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import io
 import json
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,37 +41,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .latency import LatencyStats, measure_latency  # noqa: F401 - re-exported
+from .artifact import (
+    DEFAULT_FILES,
+    EXPORT_CHECKPOINT_FORMAT,
+    ModelMetadata,
+    ProbabilityModel,
+    load_torchscript,
+    model_config_of,
+    normalize_image,
+    onnx_session,
+    synthetic_portrait,
+)
+from .inference import BACKENDS
+from .latency import measure_latency
 from .scaling import check_scale, model_train_scale
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CLASS_NAMES: tuple[str, ...] = ("background", "hair")
-METADATA_FORMAT = "hairseg-webcam-model"
-METADATA_VERSION = 1
-CHECKPOINT_FORMAT = "hairseg-export/1"
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
 PARITY_TOLERANCE = 1e-4
-
-#: File names written by :func:`export_all` (and looked up by ``inference.load_predictor`` in a directory).
-DEFAULT_FILES: dict[str, str] = {
-    "onnx": "model.onnx",
-    "torchscript": "model.ts",
-    "checkpoint": "model.pt",
-    "metadata": "model.json",
-}
-
-#: The only preprocessing mode so far; see ``hairseg_core.inference`` for the exact rule.
-PREPROCESS_MODES: dict[str, str] = {
-    "letterbox": (
-        "Scale the frame by input_size / max(H, W) (keeps the aspect ratio; cv2 INTER_AREA when shrinking, "
-        "INTER_LINEAR when enlarging), paste it centred on an input_size x input_size canvas whose padding "
-        "is the ImageNet mean colour (0 after normalisation), divide by 255, subtract mean, divide by std, "
-        "HWC RGB -> NCHW float32. The hair probability of the pasted region is cropped out and resized "
-        "bilinearly back to H x W, so every frame pixel gets a probability."
-    ),
-}
 
 
 class ExportError(RuntimeError):
@@ -78,45 +69,10 @@ class ExportParityError(ExportError):
     """An exported model's probabilities differ from eager PyTorch by more than the tolerance."""
 
 
-class MetadataError(ValueError):
-    """``model.json`` is missing, unreadable or lacks a required key."""
-
-
-class ProbabilityModel(nn.Module):
-    """Wrap a logits model so it returns softmax probabilities ``[B, C, H, W]`` (channel 1 = hair).
-
-    Putting the softmax inside the exported graph keeps every runtime (TorchScript, ONNX, int8 ONNX)
-    numerically identical to what the app consumes, instead of re-implementing it per back-end.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
-
-
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     """Export from a CPU copy in eval mode so the caller's model keeps its device and train/eval state."""
     inner = model.model if isinstance(model, ProbabilityModel) else model
     return copy.deepcopy(inner).cpu().eval()
-
-
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    inner = model.model if isinstance(model, ProbabilityModel) else model
-    config = getattr(inner, "config", None)
-    return dict(config) if isinstance(config, Mapping) else {}
-
-
-def normalize_image(image_rgb: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 RGB → ``[1, 3, H, W]`` float32 ImageNet-normalised tensor (no resizing)."""
-    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
-    arr = (image_rgb.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
-        IMAGENET_STD, np.float32
-    )
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
 
 # ------------------------------------------------------------------------------------------- TorchScript
@@ -151,14 +107,6 @@ def export_torchscript(model: nn.Module, path: str | Path, example_size: int = 2
     return path
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """Load a ``.ts`` file on the CPU in eval mode (quietly: torch.jit warns that it is deprecated)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu")
-    return module.eval()
-
-
 # ------------------------------------------------------------------------------------------------- ONNX
 
 
@@ -172,26 +120,8 @@ class OnnxExport:
     fallback_reason: str | None = None
 
 
-def onnx_session(path: str | Path, intra_op_threads: int | None = None, allow_spinning: bool = False) -> Any:
-    """onnxruntime CPU session with all graph optimisations (fusions, constant folding, layout).
-
-    Spinning is off by default: between two frames the app does its own CPU work (letterbox, colouring,
-    video I/O), and ORT worker threads busy-waiting for the next run would take the cores it needs.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = int(intra_op_threads)
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _onnx_opset(path: Path) -> int:
+    # Deferred: the onnx protobuf package is needed only here, after an export, never at inference time.
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -338,138 +268,7 @@ def parity_check(
     return diffs
 
 
-# ---------------------------------------------------------------------------------------------- latency
-
-
-# LatencyStats and measure_latency live in hairseg_core.latency (trials measure their networks with them
-# too); imported here so ``from hairseg_core.export import measure_latency`` keeps working.
-
-
 # --------------------------------------------------------------------------------------------- metadata
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """Everything a deployment needs besides the weights; serialised as ``model.json``.
-
-    ``train_scale`` is the short side (px) the network saw in training (``input.train_scale`` in the file;
-    None for files written before it was recorded). Evaluation runs the network at that short side;
-    ``input_size`` is the fixed letterbox canvas of the webcam app, by default the same number.
-    """
-
-    input_size: int
-    model_config: dict[str, Any] = field(default_factory=dict)
-    preprocess: str = "letterbox"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    class_names: tuple[str, ...] = CLASS_NAMES
-    hair_channel: int = 1
-    metrics: dict[str, float] = field(default_factory=dict)
-    onnx_opset: int | None = None
-    onnx_exporter: str | None = None
-    torch_version: str = torch.__version__
-    created_at: str = ""
-    files: dict[str, str] = field(default_factory=dict)
-    parity: dict[str, float] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    train_scale: int | None = None
-
-    def __post_init__(self) -> None:
-        if int(self.input_size) < 32:
-            raise MetadataError(f"input_size must be >= 32, got {self.input_size}")
-        try:
-            check_scale(self.train_scale)
-        except ValueError as exc:
-            raise MetadataError(f"train_scale: {exc}") from None
-        if self.preprocess not in PREPROCESS_MODES:
-            raise MetadataError(
-                f"preprocess mode {self.preprocess!r} unknown; expected one of {sorted(PREPROCESS_MODES)}"
-            )
-        if not 0 <= self.hair_channel < len(self.class_names):
-            raise MetadataError(f"hair_channel {self.hair_channel} outside class_names {list(self.class_names)}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise MetadataError(f"mean/std must be three numbers (std > 0), got {self.mean} / {self.std}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": METADATA_FORMAT,
-            "format_version": METADATA_VERSION,
-            "input": {
-                "size": int(self.input_size),
-                "train_scale": None if self.train_scale is None else int(self.train_scale),
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color_order": "RGB",
-            },
-            "preprocess": {"mode": self.preprocess, "rule": PREPROCESS_MODES[self.preprocess]},
-            "normalization": {"pixel_scale": 1.0 / 255.0, "mean": list(self.mean), "std": list(self.std)},
-            "output": {
-                "kind": "softmax_probabilities",
-                "shape": "[B, num_classes, H, W] at the input size",
-                "hair_channel": int(self.hair_channel),
-            },
-            "class_names": list(self.class_names),
-            "model": {
-                "backbone": self.model_config.get("backbone"),
-                "output_stride": self.model_config.get("output_stride"),
-                "config": dict(self.model_config),
-            },
-            "metrics": dict(self.metrics),
-            "export": {
-                "onnx_opset": self.onnx_opset,
-                "onnx_exporter": self.onnx_exporter,
-                "torch_version": self.torch_version,
-                "created_at": self.created_at,
-                "files": dict(self.files),
-                "parity_max_abs_diff": dict(self.parity),
-                "latency_ms": dict(self.latency_ms),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "model.json") -> ModelMetadata:
-        def need(*keys: str) -> Any:
-            node: Any = data
-            for depth, key in enumerate(keys):
-                if not isinstance(node, Mapping) or key not in node:
-                    raise MetadataError(f"{source}: missing key {'.'.join(keys[: depth + 1])!r}")
-                node = node[key]
-            return node
-
-        if data.get("format") != METADATA_FORMAT:
-            raise MetadataError(f"{source}: 'format' is {data.get('format')!r}, expected {METADATA_FORMAT!r}")
-        if int(data.get("format_version", -1)) > METADATA_VERSION:
-            raise MetadataError(
-                f"{source}: format_version {data.get('format_version')} is newer than this code "
-                f"understands ({METADATA_VERSION})"
-            )
-        export = data.get("export", {}) or {}
-        train_scale = (data.get("input") or {}).get("train_scale")  # absent in older files
-        try:
-            return cls(
-                input_size=int(need("input", "size")),
-                model_config=dict(data.get("model", {}).get("config") or {}),
-                preprocess=str(need("preprocess", "mode")),
-                mean=tuple(float(v) for v in need("normalization", "mean")),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in need("normalization", "std")),  # type: ignore[arg-type]
-                class_names=tuple(str(v) for v in need("class_names")),
-                hair_channel=int(need("output", "hair_channel")),
-                metrics={str(k): v for k, v in (data.get("metrics") or {}).items()},
-                onnx_opset=export.get("onnx_opset"),
-                onnx_exporter=export.get("onnx_exporter"),
-                torch_version=str(export.get("torch_version", "")),
-                created_at=str(export.get("created_at", "")),
-                files={str(k): str(v) for k, v in (export.get("files") or {}).items()},
-                parity={str(k): float(v) for k, v in (export.get("parity_max_abs_diff") or {}).items()},
-                latency_ms={str(k): float(v) for k, v in (export.get("latency_ms") or {}).items()},
-                train_scale=None if train_scale is None else int(train_scale),
-            )
-        except MetadataError as exc:
-            if str(exc).startswith(source):
-                raise
-            raise MetadataError(f"{source}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise MetadataError(f"{source}: malformed value: {exc}") from exc
 
 
 def write_metadata(
@@ -506,22 +305,6 @@ def write_metadata(
     return metadata
 
 
-def read_metadata(path: str | Path) -> ModelMetadata:
-    """Read ``model.json`` (or ``<dir>/model.json``) with errors that name the file and the key."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / DEFAULT_FILES["metadata"]
-    if not path.is_file():
-        raise MetadataError(f"{path}: metadata file not found (export_all writes it next to the model)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MetadataError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MetadataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return ModelMetadata.from_dict(data, source=str(path))
-
-
 # ------------------------------------------------------------------------------------------- everything
 
 
@@ -535,8 +318,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_scale: int | None 
     scale = check_scale(train_scale if train_scale is not None else model_train_scale(model))
     torch.save(
         {
-            "format": CHECKPOINT_FORMAT,
-            "model_config": _model_config(model),
+            "format": EXPORT_CHECKPOINT_FORMAT,
+            "model_config": model_config_of(model),
             "model_state": inner.state_dict(),
             "train_scale": scale,
         },
@@ -557,7 +340,7 @@ def export_all(
 ) -> dict[str, Any]:
     """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
 
-    ``train_scale`` (default: the scale attached to ``model`` by ``train.load_trained_model``) is recorded
+    ``train_scale`` (default: the scale attached to ``model`` by ``artifact.load_trained_model``) is recorded
     in ``model.json`` and ``model.pt``; ``input_size``, the webcam app's letterbox canvas, defaults to it,
     because the network is only accurate at the object scale it was trained at. ``sample_image`` (HxWx3
     uint8 RGB, ideally a real photo) is used for the parity check at its own resolution; without one a
@@ -583,8 +366,6 @@ def export_all(
         sample_image, image_source = synthetic_portrait(input_size + 23, input_size - 17), "synthetic"
     parity = parity_check(model, [paths["torchscript"], paths["onnx"]], sample_image)
 
-    from .inference import BACKENDS  # late import: inference imports this module
-
     x = np.ascontiguousarray(normalize_image(synthetic_portrait(input_size, input_size)).numpy())
     latency: dict[str, float] = {}
     for backend, file_key in (("eager", "checkpoint"), ("torchscript", "torchscript"), ("onnx", "onnx")):
@@ -594,7 +375,7 @@ def export_all(
     write_metadata(
         paths["metadata"],
         input_size=input_size,
-        model_config=_model_config(model),
+        model_config=model_config_of(model),
         metrics=metrics,
         onnx_opset=onnx_info.opset,
         onnx_exporter=onnx_info.exporter,
@@ -615,27 +396,3 @@ def export_all(
         "onnx_opset": onnx_info.opset,
         "onnx_fallback_reason": onnx_info.fallback_reason,
     }
-
-
-def synthetic_portrait(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A deterministic image-like RGB frame: smooth background, skin-toned face, dark textured hair.
-
-    Used when no real photo is at hand (tests, parity without data): unlike uniform noise it has the
-    smooth regions and strong edges of a photo, so activations look like those of real inputs.
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.empty((height, width, 3), np.float32)
-    image[..., 0] = 120 + 80 * xx / max(width - 1, 1)
-    image[..., 1] = 140 + 60 * yy / max(height - 1, 1)
-    image[..., 2] = 170 - 50 * xx / max(width - 1, 1)
-    cx, cy = width / 2, height * 0.55
-    hair = ((xx - cx) / (0.34 * width)) ** 2 + ((yy - cy * 0.85) / (0.42 * height)) ** 2 < 1
-    strands = 25 * np.sin(xx * 0.9 + 3 * np.sin(yy * 0.05)) + rng.normal(0, 8, (height, width))
-    image[hair] = np.stack([45 + strands, 32 + strands, 25 + strands], -1)[hair]
-    face = ((xx - cx) / (0.22 * width)) ** 2 + ((yy - cy) / (0.3 * height)) ** 2 < 1
-    image[face] = (224, 172, 140)
-    image = cv2.GaussianBlur(image, (3, 3), 0) + rng.normal(0, 3, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)

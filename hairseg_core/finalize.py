@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from hairseg_core.artifact import load_trained_model
 from hairseg_core.bootstrap import (
     PairedComparison,
     PerImageCounts,
@@ -38,13 +39,15 @@ from hairseg_core.bootstrap import (
 from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit
-from hairseg_core.evaluate import ModelPredictor, evaluate_predictor
+from hairseg_core.evaluate import evaluate_predictor
+from hairseg_core.export import export_all
+from hairseg_core.inference import HairPredictor, load_predictor
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.postprocess.pipeline import build_table5_variants
 from hairseg_core.report import format_table
 from hairseg_core.scaling import describe_scale, model_train_scale
-from hairseg_core.train import load_trained_model
-from hairseg_core.visualize import overlay
+from hairseg_core.temporal import DEFAULT_SMOOTHER, video_stability
+from hairseg_core.visualize import metrics_bar_figure, overlay
 
 TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
 
@@ -107,7 +110,7 @@ def load_test_split(
 
 
 def other_sources_table(
-    predictor: ModelPredictor, train_config: dict[str, Any], settings: FinalizeSettings, progress: bool = True
+    predictor: HairPredictor, train_config: dict[str, Any], settings: FinalizeSettings, progress: bool = True
 ) -> list[dict[str, Any]]:
     """The network alone (no CRF / matting) on the test split of every further test source."""
     rows = []
@@ -119,7 +122,7 @@ def other_sources_table(
 
 
 def postprocessing_table(
-    predictor: ModelPredictor,
+    predictor: HairPredictor,
     test: MaterializedSplit,
     settings: FinalizeSettings,
     progress: bool = True,
@@ -241,10 +244,8 @@ def finalize(
     progress: bool = True,
 ) -> FinalizeResult:
     """Run the whole final stage for one checkpoint; see the module docstring."""
-    from hairseg_core.export import export_all
-
     model, scale = load_trained_model(checkpoint_path)
-    predictor = ModelPredictor(model, scale=scale)
+    predictor = HairPredictor.from_model(model, scale=scale)
     primary = test_sources(train_config)[0]
     test = load_test_split(train_config, settings.test_split, settings.max_test_images, primary)
     print(
@@ -307,8 +308,6 @@ def finalize(
         },
         step=0,
     )
-    from hairseg_core.visualize import metrics_bar_figure
-
     tracker.log_figure(
         run_id,
         metrics_bar_figure(table, ["miou", "fwiou", "boundary_f"], "method", "test split: post-processing"),
@@ -317,6 +316,14 @@ def finalize(
     for i, panel in enumerate(panels):
         tracker.log_image(run_id, panel, f"table5/examples_{i}.png")
     tracker.log_artifacts(run_id, export_dir, "export")
+    # flicker of the export as the webcam app runs it: shake videos of a few test images (hairseg_core.temporal)
+    stability = video_stability(load_predictor(export_dir), list(zip(test.images, test.masks, strict=True))[:3])
+    print(
+        f"video flicker of the export on shake videos ({DEFAULT_SMOOTHER} smoothing / none): "
+        f"{stability['flicker']:.2%} / {stability['flicker_none']:.2%} of pixels, boundary band "
+        f"{stability['flicker_boundary']:.2%} / {stability['flicker_boundary_none']:.2%}"
+    )
+    tracker.log_metrics(run_id, {k: v for k, v in stability.items() if np.isfinite(v)}, step=0)
 
     # -- registry: evaluate the current champion on the very same images, then decide
     champion = tracker.champion(settings.registered_model)
@@ -329,7 +336,7 @@ def finalize(
         champion_scale = champion_inference_scale(champion, champ_model)
         champ_counts = PerImageCounts()
         champ_scores = evaluate_predictor(
-            ModelPredictor(champ_model, scale=champion_scale), _as_dataset(test), per_image=champ_counts
+            HairPredictor.from_model(champ_model, scale=champion_scale), _as_dataset(test), per_image=champ_counts
         )
         champion_score = champ_scores[settings.promote_metric]
         comparison = paired_bootstrap(

@@ -23,9 +23,13 @@ side equals the scale the network was trained at (``model.json`` ``input.train_s
 optionally averaged over several scales and a mirrored copy. Both ONNX and TorchScript exports take any
 input size, so one file serves both.
 
-``load_predictor`` picks the back-end from the file suffix (``.onnx``, ``.ts``, ``.pt``) or, for a directory
-written by ``export.export_all``, from ``model.json`` (ONNX by default, the fastest on CPU). A
-``models:/name@alias`` URI is resolved through ``hairseg_core.tracking.resolve_model_uri`` first.
+``load_predictor`` is the one way to get a predictor from something on disk: it picks the back-end from the
+file suffix (``.onnx``, ``.ts``, ``.pt`` / ``.pth`` / ``.ckpt`` of either checkpoint format) or, for a
+directory written by ``export.export_all``, from ``model.json`` (ONNX by default, the fastest on CPU); a
+training run directory holding ``checkpoint.pt`` runs eager. A ``models:/name@alias`` URI is resolved
+through ``hairseg_core.tracking.resolve_model_uri`` first. :meth:`HairPredictor.from_model` wraps a network
+already in memory (evaluation during the final stage). What the files contain is defined in
+``hairseg_core.artifact``.
 """
 
 from __future__ import annotations
@@ -40,11 +44,16 @@ import cv2
 import numpy as np
 import torch
 
-from .export import (
+from .artifact import (
+    CHECKPOINT_FILE,
     DEFAULT_FILES,
+    CheckpointError,
     ModelMetadata,
     ProbabilityModel,
+    checkpoint_train_scale,
+    load_checkpoint_model,
     load_torchscript,
+    model_config_of,
     onnx_session,
     read_metadata,
 )
@@ -53,7 +62,7 @@ from .scaling import (
     ScaleArg,
     check_scales,
     describe_scale,
-    inference_scale,
+    model_train_scale,
     resolve_scale,
     scaled_probabilities,
 )
@@ -64,7 +73,13 @@ DEFAULT_INPUT_SIZE = 257
 #: ``scale=`` of :class:`HairPredictor` for the app's fixed-size letterbox canvas (see the module docstring).
 LETTERBOX = "letterbox"
 
-SUFFIX_BACKENDS: dict[str, str] = {".onnx": "onnx", ".ts": "torchscript", ".pt": "eager", ".pth": "eager"}
+SUFFIX_BACKENDS: dict[str, str] = {
+    ".onnx": "onnx",
+    ".ts": "torchscript",
+    ".pt": "eager",
+    ".pth": "eager",
+    ".ckpt": "eager",
+}
 BACKEND_FILE_KEYS: dict[str, str] = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}
 
 
@@ -85,7 +100,7 @@ BACKENDS: Registry[Runner] = Registry("inference backend")
 
 @BACKENDS.register("onnx")
 class OnnxRunner:
-    """onnxruntime CPU session, ``ORT_ENABLE_ALL``; ``intra_op_threads=None`` lets ORT use all cores."""
+    """onnxruntime CPU session, ``ORT_ENABLE_ALL``; ``intra_op_threads=None``: every CPU this process may use."""
 
     name = "onnx"
 
@@ -104,18 +119,21 @@ class OnnxRunner:
 
 
 class _TorchRunner:
-    """Shared part of the PyTorch back-ends: inference mode, optional channels-last input."""
+    """Shared part of the PyTorch back-ends: inference mode, optional channels-last input, any device."""
 
     name = "torch"
     module: torch.nn.Module
     channels_last: bool = False
+    device: torch.device = torch.device("cpu")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch)
+        if self.device.type != "cpu":
+            x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.module(x).float().numpy()
+            return self.module(x).float().cpu().numpy()
 
 
 @BACKENDS.register("torchscript")
@@ -132,43 +150,33 @@ class TorchScriptRunner(_TorchRunner):
             raise InferenceError(f"{self.path}: cannot load TorchScript module: {exc}") from exc
 
 
-def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the network of a checkpoint holding ``model_config`` and ``model_state``.
-
-    Works for the training loop's checkpoints and ``export.save_checkpoint`` files. ``weights_only=True``
-    means no code from the pickle is executed. Returns the eval-mode model and the whole checkpoint dict.
-    """
-    from .models import build_model  # late import: the ONNX path must not pay for building models
-
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InferenceError(f"{path}: cannot read checkpoint: {exc}") from exc
-    missing = [key for key in ("model_config", "model_state") if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise InferenceError(f"{path}: checkpoint lacks {missing}; expected a dict with model_config and model_state")
-    model = build_model(**{**state["model_config"], "pretrained": "none"})
-    try:
-        model.load_state_dict(state["model_state"])
-    except RuntimeError as exc:
-        raise InferenceError(f"{path}: model_state does not fit model_config {state['model_config']}: {exc}") from exc
-    return model.eval(), state
-
-
-@BACKENDS.register("eager")
-class EagerRunner(_TorchRunner):
-    """Eager PyTorch from a checkpoint; ``channels_last=True`` converts weights and input to NHWC."""
+class ModuleRunner(_TorchRunner):
+    """Eager PyTorch on a network in memory (moved to ``device``, eval mode), softmax via ``ProbabilityModel``;
+    ``channels_last=True`` converts weights and input to NHWC."""
 
     name = "eager"
 
-    def __init__(self, path: str | Path, channels_last: bool = False, **_: Any) -> None:
-        self.path = Path(path)
-        model, self.checkpoint = load_checkpoint_model(self.path)
-        self.module = ProbabilityModel(model).eval()
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.module = ProbabilityModel(model).to(self.device).eval()
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
+
+
+@BACKENDS.register("eager")
+class EagerRunner(ModuleRunner):
+    """Eager PyTorch from a checkpoint of either format (``artifact.load_checkpoint_model``)."""
+
+    def __init__(
+        self, path: str | Path, channels_last: bool = False, device: str | torch.device = "cpu", **_: Any
+    ) -> None:
+        self.path = Path(path)
+        try:
+            model, self.checkpoint = load_checkpoint_model(self.path)
+        except CheckpointError as exc:
+            raise InferenceError(str(exc)) from exc
+        super().__init__(model, device=device, channels_last=channels_last)
 
 
 # ------------------------------------------------------------------------------------------- preprocess
@@ -201,9 +209,7 @@ class Preprocessor:
         if metadata.preprocess != "letterbox":
             raise InferenceError(f"preprocess mode {metadata.preprocess!r} is not implemented here")
         self.size = int(metadata.input_size)
-        std = np.asarray(metadata.std, np.float32)
-        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self._bias = (-np.asarray(metadata.mean, np.float32) / std).astype(np.float32)
+        self.normalizer = metadata.normalizer
         self._canvas = np.zeros((1, 3, self.size, self.size), np.float32)
 
     def __call__(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -213,7 +219,7 @@ class Preprocessor:
         new_h, new_w = box.resized_hw
         interp = cv2.INTER_AREA if new_h < frame_rgb.shape[0] else cv2.INTER_LINEAR
         resized = cv2.resize(frame_rgb, (new_w, new_h), interpolation=interp)
-        normalised = resized.astype(np.float32) * self._scale + self._bias  # HWC
+        normalised = self.normalizer.hwc(resized)
         self._canvas.fill(0.0)
         self._canvas[0, :, box.top : box.top + new_h, box.left : box.left + new_w] = normalised.transpose(2, 0, 1)
         return self._canvas, box
@@ -262,6 +268,32 @@ class HairPredictor:
         if self.scale == LETTERBOX and (self.scales != (1.0,) or self.flip):
             raise ValueError("multi-scale / flip inference needs a short-side scale, not the letterbox canvas")
 
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        scale: ScaleArg | str = "auto",
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> HairPredictor:
+        """A network in memory as a predictor (eager, on ``device``; the module is moved there, in eval mode).
+
+        ``scale="auto"`` (default) is the scale recorded on the module (``artifact.load_trained_model``
+        attaches it), falling back to native for a bare module: that is how such a model was always
+        measured, and guessing a size would silently change its numbers.
+        """
+        recorded = model_train_scale(model)
+        metadata = ModelMetadata(
+            input_size=max(32, recorded or DEFAULT_INPUT_SIZE),
+            model_config=model_config_of(model),
+            train_scale=recorded,
+        )
+        if scale != LETTERBOX:
+            resolved = resolve_scale(scale, recorded)  # type: ignore[arg-type]
+            scale = "native" if resolved is None else resolved
+        return cls(ModuleRunner(model, device), metadata, scale, scales, flip)
+
     @property
     def inference_scale(self) -> int | str:
         """Pixels (short side), ``"native"``, or ``"letterbox-<input_size>"`` for the app's canvas."""
@@ -284,35 +316,47 @@ class HairPredictor:
             raise InferenceError(f"{self.backend} back-end returned shape {probs.shape}, expected {expected}")
         return probs
 
-    def __call__(self, frame_rgb: np.ndarray) -> np.ndarray:
+    def probabilities(self, frame_rgb: np.ndarray) -> np.ndarray:
+        """[C, H, W] float32 probabilities at the frame's own size (post-processing needs every class)."""
         if self.scale != LETTERBOX:
-            probs = scaled_probabilities(
+            return scaled_probabilities(
                 self._run_checked,
                 frame_rgb,
                 self.scale,  # type: ignore[arg-type]
-                mean=self.metadata.mean,
-                std=self.metadata.std,
+                normalize=self.preprocess.normalizer.batch,
                 scales=self.scales,
                 flip=self.flip,
             )
-            return np.clip(probs[self.metadata.hair_channel], 0.0, 1.0)
+        probs, box = self._letterboxed(frame_rgb)
+        return np.stack([unletterbox(channel, box) for channel in probs[0]])
+
+    def _letterboxed(self, frame_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         batch, box = self.preprocess(frame_rgb)
         probs = self.runner(batch)
         expected = (1, len(self.metadata.class_names), self.input_size, self.input_size)
         if probs.shape != expected:
             raise InferenceError(f"{self.backend} back-end returned shape {probs.shape}, expected {expected}")
+        return probs, box
+
+    def __call__(self, frame_rgb: np.ndarray) -> np.ndarray:
+        if self.scale != LETTERBOX:
+            return np.clip(self.probabilities(frame_rgb)[self.metadata.hair_channel], 0.0, 1.0)
+        probs, box = self._letterboxed(frame_rgb)
         return np.clip(unletterbox(probs[0, self.metadata.hair_channel], box), 0.0, 1.0)
 
 
 def _resolve(path_or_uri: str | Path) -> Path:
     text = str(path_or_uri)
     if text.startswith("models:/"):
-        from .tracking import resolve_model_uri  # late import: keeps MLflow out of plain file use
+        # Deferred: MLflow is a heavy import that plain files and export directories never need.
+        from .tracking import resolve_model_uri
 
         return Path(resolve_model_uri(text))
     path = Path(path_or_uri).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"model path {path} does not exist (expected .onnx, .ts, .pt or an export dir)")
+        raise FileNotFoundError(
+            f"model path {path} does not exist (expected .onnx, .ts, .pt, an export dir or a training run dir)"
+        )
     return path
 
 
@@ -330,12 +374,9 @@ def _metadata_for_file(path: Path, input_size: int | None, runner: Runner) -> Mo
         return metadata
     config: dict[str, Any] = {}
     train_scale: int | None = None
-    if isinstance(runner, EagerRunner):
+    if isinstance(runner, EagerRunner):  # either checkpoint format: export_all's model.pt or a training one
         config = dict(runner.checkpoint.get("model_config", {}))
-        train_scale = runner.checkpoint.get("train_scale")  # export_all's model.pt
-        train_config = runner.checkpoint.get("train_config")  # a training checkpoint
-        if train_scale is None and train_config:
-            train_scale = inference_scale(train_config)
+        train_scale = checkpoint_train_scale(runner.checkpoint)
     size = input_size or train_scale or DEFAULT_INPUT_SIZE
     return ModelMetadata(input_size=int(size), model_config=config, train_scale=train_scale)
 
@@ -344,6 +385,7 @@ def load_predictor(
     path_or_uri: str | Path,
     backend: str | None = None,
     *,
+    device: str = "cpu",
     intra_op_threads: int | None = None,
     channels_last: bool = False,
     input_size: int | None = None,
@@ -351,19 +393,22 @@ def load_predictor(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> HairPredictor:
-    """Load a model file, an ``export_all`` directory or a ``models:/`` URI as a :class:`HairPredictor`.
+    """Load a model file, an ``export_all`` directory, a training run directory or a ``models:/`` URI as a
+    :class:`HairPredictor`: the app, the evaluation CLI and the final stage all load models through here.
 
     ``backend`` ("onnx", "torchscript", "eager") defaults to the file suffix, or to "onnx" for a directory;
-    for a directory it selects which of the exported files to use. ``input_size`` overrides the metadata's
+    for an export directory it selects which of the exported files to use. ``input_size`` overrides the metadata's
     letterbox size (useful for benchmarks; the model accepts any size). ``scale``: ``"letterbox"`` (the
     app), ``"auto"`` (short side = the trained scale in the metadata, for evaluation), a pixel count or
     ``"native"``; ``scales`` / ``flip`` as in :class:`HairPredictor`. ``intra_op_threads`` applies to ONNX
-    Runtime, ``channels_last`` to eager PyTorch.
+    Runtime, ``channels_last`` and ``device`` to eager PyTorch.
     """
     path = _resolve(path_or_uri)
     if backend is not None:
         BACKENDS.get(backend)  # UnknownNameError listing the valid names
-    options = {"intra_op_threads": intra_op_threads, "channels_last": channels_last}
+    options = {"intra_op_threads": intra_op_threads, "channels_last": channels_last, "device": device}
+    if path.is_dir() and not (path / DEFAULT_FILES["metadata"]).is_file() and (path / CHECKPOINT_FILE).is_file():
+        path = path / CHECKPOINT_FILE  # a training run directory
     if path.is_dir():
         metadata = read_metadata(path)
         backend = backend or "onnx"

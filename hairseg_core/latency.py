@@ -3,7 +3,7 @@
 A multi-objective sweep trades accuracy against speed, so the speed has to be a measurement of the
 trial's own network, not a guess from its settings. Latency depends on the architecture and the input
 size only (not on the weights), so a trial measures it once, before training, and reports the same
-measured value with every epoch (``hairseg_core.tune``): every result Tune, Optuna and ASHA see is
+measured value with every epoch (``hairseg_core.sweep.trial``): every result Tune, Optuna and ASHA see is
 then complete, and nothing is invented for the epochs before the end.
 
 The measurement is pinned so numbers from different trials compare: batch 1, a square input of the
@@ -12,22 +12,30 @@ deployment size (``finalize.export_size``, else the trained short side ``base_si
 afterwards. Warm-up passes are not timed (allocator, oneDNN kernel selection), and the spread (p90) is
 reported beside the median, because trials that train on the same node at the same time disturb each
 other's timings and the spread shows how much. :func:`machine_info` names what was measured on.
+
+This is the one place that times things: :func:`measure_latency` (one callable; trials, ``export_all``'s
+per-back-end latency) and :func:`interleaved_times` (several callables in alternation, so background load
+hits all alike; ``benchmarks/webcam_fps.py``, ``benchmarks/postprocess.py``), both summarised by
+:func:`latency_stats`.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 #: Passes timed after warm-up; fewer make the median and p90 too noisy to rank trials by.
 MIN_REPEATS = 20
@@ -59,6 +67,20 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def latency_stats(times_ms: Sequence[float]) -> LatencyStats:
+    """Median, mean, p90 (linear interpolation) and minimum of measured call times in milliseconds."""
+    if not times_ms:
+        raise ValueError("latency_stats needs at least one measured time")
+    ordered = sorted(float(t) for t in times_ms)
+    return LatencyStats(
+        median_ms=statistics.median(ordered),
+        mean_ms=statistics.fmean(ordered),
+        p90_ms=_percentile(ordered, 0.9),
+        min_ms=ordered[0],
+        repeats=len(ordered),
+    )
+
+
 def measure_latency(fn: Callable[[], object], repeats: int = 30, warmup: int = DEFAULT_WARMUP) -> LatencyStats:
     """Call ``fn`` ``warmup`` times untimed (allocator, caches, lazy init), then time ``repeats`` calls.
 
@@ -74,14 +96,37 @@ def measure_latency(fn: Callable[[], object], repeats: int = 30, warmup: int = D
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
-    ordered = sorted(times)
-    return LatencyStats(
-        median_ms=statistics.median(times),
-        mean_ms=statistics.fmean(times),
-        p90_ms=_percentile(ordered, 0.9),
-        min_ms=ordered[0],
-        repeats=repeats,
-    )
+    return latency_stats(times)
+
+
+def interleaved_times(
+    calls: Mapping[str, Callable[[int], object]],
+    rounds: int,
+    warmup: int = DEFAULT_WARMUP,
+    shuffle_seed: int | None = 0,
+) -> dict[str, list[float]]:
+    """Call every entry once per round (argument: the round index), ``warmup`` rounds untimed, then
+    ``rounds`` timed; milliseconds per entry.
+
+    Alternating the callables makes load from other processes on a shared machine hit every entry alike.
+    With ``shuffle_seed`` (default 0) the order is reshuffled each round, reproducibly, so no entry always
+    follows the same neighbour (thread pools winding down, caches); None keeps the mapping's order.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds}, {warmup}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+    for index in range(warmup + rounds):
+        if rng is not None:
+            rng.shuffle(order)
+        for name in order:
+            fn = calls[name]
+            start = time.perf_counter()
+            fn(index)
+            if index >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
 
 
 @contextmanager
@@ -108,8 +153,6 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass on ``example``: FLOPs / 2 (``FlopCounterMode`` counts a MAC
     as two FLOPs, and counts convolutions, matmuls and their kin; elementwise ops and pooling are free)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(example)
@@ -128,8 +171,6 @@ def _cpu_model() -> str:
 
 def machine_info(threads: int) -> dict[str, str]:
     """What a latency was measured on: CPU model, logical cores, threads used, torch build and back-ends."""
-    import os
-
     parallel = torch.__config__.parallel_info()
     backend = next(
         (line.split(":", 1)[1].strip() for line in parallel.splitlines() if "parallel backend" in line), "unknown"

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hairseg_core.artifact import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the model artifact's)
 from hairseg_core.registry import Registry
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "sobel_gradients",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma weights: the usual "grayscale" of an RGB image.
 _LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)
 

@@ -1,6 +1,6 @@
 """The accuracy x latency trade-off of a sweep: its Pareto front, and the trial a rule picks from it.
 
-A trial is a point: one value per objective (``hairseg_core.tune.trial_points`` builds them from Tune's
+A trial is a point: one value per objective (``hairseg_core.sweep.results.trial_points`` builds them from Tune's
 results: the metrics of the trial's best epoch, with its measured latency). A point *dominates* another
 when it is no worse on every objective and strictly better on at least one; the front is the points no
 other point dominates. Two trials with identical values do not dominate each other, so both stay on the
@@ -22,10 +22,13 @@ front (a trial that dominated it would have won the tie-break). A rule no trial 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from hairseg_core.report import format_table
 
 
 class ObjectiveLike(Protocol):
@@ -254,8 +257,6 @@ def front_rows(
 
 def format_front(rows: Sequence[Mapping[str, Any]], objectives: Sequence[ObjectiveLike], rule: str = "") -> str:
     """The front table for a terminal: every trial, front ones first and starred, the pick marked."""
-    from hairseg_core.report import format_table
-
     shown = []
     for row in rows:
         out = {"front": "*" if row.get("on_front") else "", "pick": "<==" if row.get("picked") else ""}
@@ -279,12 +280,10 @@ def pareto_figure(
     One panel per pair of objectives (a single panel for two; for one objective, the values by trial),
     each with the better direction labelled, so a reader can see what the front trades.
     """
-    import itertools
-
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when drawing the front
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the Agg backend
 
     usable = [p for p in points if comparable(p, objectives)]
     on_front = {id(p) for p in front}
@@ -341,7 +340,7 @@ def log_front(
     non-dominated trials), ``trials`` (every row), the picked trial id and the reason (or the error);
     ``pareto/trials.json`` (+ ``.csv``): the same rows as an MLflow table; ``pareto/front.png``.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib only when drawing the front
 
     rows = front_rows(points, objectives, front, selection, extra)
     if rows:

@@ -8,8 +8,8 @@ resizes the short side to the trained scale, runs the network, and resizes the s
 image's own H x W, so metrics are still computed on the full-resolution mask.
 
 This module is the one place that knows the rule. It depends on numpy and OpenCV only (no torch, no
-other ``hairseg_core`` module), so ``train``, ``export``, ``inference`` and ``evaluate`` can all import
-it without adding to the ``export`` <-> ``inference`` import circle.
+other ``hairseg_core`` module), so every other module, ``hairseg_core.artifact`` included, can import it.
+It does not normalise pixels itself: the caller passes the model's normaliser (``artifact.Normalizer``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ def inference_scale(train_config: Mapping[str, Any] | Any) -> int:
     if scale < _MIN_SIDE:
         raise ValueError(f"base_size {scale} is too small to run a network at")
     return scale
+
+
+def effective_eval_size(train_config: Mapping[str, Any] | Any) -> int:
+    """The square side validation images are resized to during training: ``eval_size``, else ``crop_size``.
+
+    Used wherever a training run's validation view is reproduced (the trainer's validation and precise-BN
+    loaders, benchmarks that recalibrate or score a checkpoint), so the fallback is stated once. Accepts a
+    ``TrainConfig`` or its dict (what checkpoints hold).
+    """
+    get = train_config.get if isinstance(train_config, Mapping) else lambda key: getattr(train_config, key, None)
+    size = get("eval_size") or get("crop_size")
+    if size is None:
+        raise ValueError("train config has neither eval_size nor crop_size")
+    return int(size)
 
 
 def attach_train_scale(model: Any, scale: int | None) -> Any:
@@ -148,21 +162,12 @@ def resize_probabilities(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def normalize_batch(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Equal-sized HxWx3 uint8 RGB images → ``(x / 255 - mean) / std`` as an NCHW float32 batch."""
-    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
-    bias = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
-    batch = np.stack([img.astype(np.float32) * scale + bias for img in images])
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
 def scaled_probabilities(
     run: BatchRunner,
     image: np.ndarray,
     scale: int | None,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
+    normalize: Callable[[Sequence[np.ndarray]], np.ndarray],
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> np.ndarray:
@@ -170,7 +175,8 @@ def scaled_probabilities(
 
     For each multiplier ``m`` in ``scales`` the image is resized so its short side is ``round(m * scale)``
     (``scale=None``: the image's own short side), optionally together with its mirror image (one batch
-    of two, the flipped output flipped back); every output is resized bilinearly to H x W and the
+    of two, the flipped output flipped back), and turned into an NCHW batch by ``normalize`` (the model's
+    ``artifact.Normalizer.batch``); every output is resized bilinearly to H x W and the
     probabilities are averaged. Averaging probabilities, not logits, keeps the result a distribution for
     any back-end (exports return softmax only).
     """
@@ -184,7 +190,7 @@ def scaled_probabilities(
         short = max(_MIN_SIDE, round(base * multiplier))
         resized = resize_image(image, short_side_hw(height, width, short))
         views = [resized, resized[:, ::-1]] if flip else [resized]
-        probs = np.asarray(run(normalize_batch(views, mean, std)), dtype=np.float32)
+        probs = np.asarray(run(normalize(views)), dtype=np.float32)
         if probs.ndim != 4 or probs.shape[0] != len(views) or probs.shape[2:] != resized.shape[:2]:
             raise ValueError(
                 f"network returned shape {probs.shape} for an input of {(len(views), 3, *resized.shape[:2])}"

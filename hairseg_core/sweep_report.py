@@ -291,10 +291,10 @@ def collect_sweep(tracker: Tracker, parent_run_id: str) -> SweepRecord:
 
 # ----------------------------------------------------------------------------- figures
 def _plt() -> Any:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when drawing the report's figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the Agg backend
 
     return plt
 
@@ -449,7 +449,7 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], objectives: Sequence[str]
 # ----------------------------------------------------------------------------- optuna importances
 def parameter_importances(record: SweepRecord) -> tuple[dict[str, float] | None, str]:
     """fANOVA importances of the searched parameters, or None with the reason they cannot be computed."""
-    import optuna
+    import optuna  # deferred: Optuna only for the importances section
 
     trials = record.completed()
     if len(trials) < 2:
@@ -487,7 +487,7 @@ def parameter_importances(record: SweepRecord) -> tuple[dict[str, float] | None,
 
 
 def _distribution(spec: Mapping[str, Any], value: Any) -> Any:
-    import optuna
+    import optuna  # deferred: Optuna only for the importances section
 
     kind = spec.get("type")
     if kind == "float":

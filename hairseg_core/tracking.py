@@ -23,17 +23,25 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import mlflow.artifacts
+import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 DEFAULT_DB = "mlruns.db"
@@ -166,6 +174,9 @@ def limit_mlflow_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+logger = logging.getLogger(__name__)
+
+
 def with_retries(
     fn: Callable[[], T],
     what: str,
@@ -198,7 +209,15 @@ def with_retries(
                     f"MLflow call '{what}' failed {attempt} times over {elapsed:.0f} s (retry budget "
                     f"{budget:.0f} s, {RETRY_BUDGET_ENV}): {exc}"
                 ) from exc
+            # one line per retry: a sweep that slows down during an outage says why
+            logger.warning("MLflow call '%s' failed (%s); retry %d in %.0f s", what, _short(exc), attempt, wait)
             time.sleep(wait)
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception, for a one-line retry warning."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -218,8 +237,8 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 def machine_description() -> dict[str, str]:
     """CPU model, logical cores, GPU and OS of this machine: a sweep's timings mean little without them."""
-    import optuna
-    import torch
+    import optuna  # deferred: Optuna only for its version tag
+    import torch  # deferred: most tracking calls never need torch
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -246,8 +265,8 @@ def source_tags() -> dict[str, str]:
 
 def environment_tags() -> dict[str, str]:
     """Versions and git commit, so a result can be traced to the code that made it."""
-    import ray
-    import torch
+    import ray  # deferred: Ray only for its version tag
+    import torch  # deferred: most tracking calls never need torch
 
     tags = {
         "hairseg.python": platform.python_version(),
@@ -388,8 +407,6 @@ class Tracker:
 
     def log_datasets(self, run_id: str, fingerprints: Iterable[Any], context: str = "training") -> None:
         """The run's data sources as MLflow dataset inputs (the UI's Dataset column and run page)."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         inputs = [
             DatasetInput(
                 Dataset(
@@ -503,8 +520,6 @@ class Tracker:
         with_retries(lambda: self.client.log_figure(run_id, figure, artifact_file), "log figure")
 
     def log_table(self, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        import pandas as pd
-
         frame = pd.DataFrame(rows)
         with_retries(lambda: self.client.log_table(run_id, frame, artifact_file), "log table")
         buf = io.StringIO()
@@ -606,8 +621,6 @@ class Tracker:
         return new_id
 
     def _copy_epoch_images(self, src: str, dst: str, keep_through: int) -> None:
-        import tempfile
-
         files = with_retries(lambda: self.client.list_artifacts(src, "predictions"), "list artifacts")
         kept = [f.path for f in files if 0 < (_epoch_of(f.path) or 0) <= keep_through]
         if not kept:
@@ -658,13 +671,8 @@ class Tracker:
         before the ONNX flavor (a pickled torch module) are rebuilt the same way from the ``model.pt`` of
         their export folder: their pickle is never loaded.
         """
-        import tempfile
-
-        import mlflow.artifacts
-
-        from hairseg_core.export import DEFAULT_FILES
-        from hairseg_core.inference import load_checkpoint_model
-        from hairseg_core.scaling import attach_train_scale
+        # Deferred: the artifact layer imports torch, which most tracking calls (and Ray's driver) never need.
+        from hairseg_core.artifact import DEFAULT_FILES, load_checkpoint_model
 
         name = DEFAULT_FILES["checkpoint"]
         with tempfile.TemporaryDirectory(prefix="hairseg-model-") as tmp:
@@ -681,8 +689,8 @@ class Tracker:
                 )
             except (MlflowException, TrackingUnavailable, OSError):
                 checkpoint = resolve_model_uri(model_uri, self.tracking_uri) / name  # an older, pickled version
-            model, state = load_checkpoint_model(checkpoint)
-        return attach_train_scale(model.eval(), state.get("train_scale"))
+            model, _ = load_checkpoint_model(checkpoint)  # eval mode, its train_scale attached
+        return model
 
     def register_model(self, run_id: str, export_dir: str | Path, name: str, tags: Mapping[str, Any]) -> str:
         """Log ``export_all``'s ONNX model to ``run_id`` with MLflow's ONNX flavor, register it; returns the version.
@@ -693,14 +701,12 @@ class Tracker:
         The signature has dynamic batch, height and width; the input example is one 64x64 synthetic
         portrait, normalised as the metadata says.
         """
-        import mlflow.onnx
-        import numpy as np
-        import onnx
-        import onnxruntime
-        from mlflow.models import ModelSignature
-        from mlflow.types.schema import Schema, TensorSpec
+        import mlflow.onnx  # deferred: MLflow's ONNX flavor is lazy-loaded by mlflow itself
+        import onnx  # deferred: onnx only when registering a model
+        import onnxruntime  # deferred: onnxruntime only when registering a model
 
-        from hairseg_core.export import DEFAULT_FILES, normalize_image, synthetic_portrait
+        # Deferred (torch, cv2): only registering a model needs the artifact layer and its probe image.
+        from hairseg_core.artifact import DEFAULT_FILES, normalize_image, synthetic_portrait
 
         export_dir = Path(export_dir)
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -748,7 +754,7 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval: float = 10.0)
     # Its start/stop INFO lines would repeat for every trial in the sweep's console.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # deferred, optional: psutil
 
         monitor = SystemMetricsMonitor(
             run_id, sampling_interval=interval, resume_logging=True, tracking_uri=tracking_uri
@@ -887,35 +893,18 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def summarize_runs(runs: Iterable[Any], metric: str) -> list[dict[str, Any]]:
-    """A row per trial run: name, status, its params and last metrics (for the results table)."""
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "trial": run.info.run_name,
-            "status": run.info.status,
-        }
-        row.update({f"param.{k}": v for k, v in run.data.params.items()})
-        row.update(run.data.metrics)
-        rows.append(row)
-    return rows
-
-
 def log_sweep_summary(
     tracker: Tracker, parent_run_id: str, rows: list[dict[str, Any]], study: Any, best: Any, metric: str
 ) -> None:
     """Results table, Optuna plots and the best trial onto the sweep's parent run."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only for the sweep's plots
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ovm
+    import matplotlib.pyplot as plt  # deferred: after choosing the Agg backend
+    import optuna.visualization.matplotlib as ovm  # deferred: Optuna's plots only here
 
     if rows:
         tracker.log_table(parent_run_id, rows, "results/trials.json")
-    from dataclasses import asdict
-
     tracker.log_dict(parent_run_id, asdict(best), "best_trial.json")
     tracker.set_tags(
         parent_run_id,
@@ -949,8 +938,6 @@ def log_sweep_summary(
         "parallel_coordinate": ovm.plot_parallel_coordinate,
         "intermediate_values": ovm.plot_intermediate_values,
     }
-    import warnings
-
     for name, plot in plots.items():
         try:
             with warnings.catch_warnings():
@@ -972,8 +959,6 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     The final stage tags each registered version with the run that holds its webcam exports;
     this downloads that ``export/`` folder.
     """
-    import mlflow.artifacts
-
     if not uri.startswith("models:/"):
         raise ValueError(f"{uri!r} is not a models:/ URI")
     tracking_uri = resolve_tracking_uri(tracking_uri)

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,23 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_checkpoint
 from hairseg_core.config import DataSource, TrainConfig, train_config_from_dict
 from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
 from hairseg_core.data.mixup import mixup_batch
-from hairseg_core.data.transforms import IMAGENET_MEAN as _MEAN
-from hairseg_core.data.transforms import IMAGENET_STD as _STD
 from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
 from hairseg_core.losses import build_loss, mixed_loss
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.models import build_model, param_groups
-
-CHECKPOINT_FORMAT = "hairseg-checkpoint/1"
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or from another format."""
+from hairseg_core.scaling import effective_eval_size
 
 
 @dataclass
@@ -179,7 +172,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(cpus)
-        eval_size = cfg.eval_size or cfg.crop_size
+        eval_size = effective_eval_size(cfg)
         self.train_set = TransformedDataset(
             self.data.train, build_train_transform(cfg.crop_size, cfg.base_size, rsc=cfg.rsc, blur=cfg.blur)
         )
@@ -288,40 +281,21 @@ class Trainer:
         self.history.append(result)
         return result
 
-    @torch.no_grad()
     def recalibrate_batchnorm(self, batches: int) -> int:
-        """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
+        """Precise BN (:func:`recalibrate_batchnorm`) over ``batches`` batches of ``bn_loader``: training
+        images seen the way validation sees them, with the trainer's device, memory format and AMP.
+        Returns the number of batches used."""
 
-        During training the running mean/var are an exponential average over batches seen
-        with *older* weights; after a few hundred steps from scratch they lag far behind and
-        eval-mode predictions collapse. Resetting them and averaging exactly (momentum=None)
-        over ``batches`` forward passes in train mode fixes that without touching the weights.
-        Returns the number of batches used.
-        """
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        norms = [m for m in norms if m.track_running_stats]
-        if not norms or batches <= 0:
-            return 0
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the recalibration batches
-        used = 0
-        self.model.train()
-        try:
+        def images() -> Iterator[torch.Tensor]:
             for batch in self.bn_loader:
-                if used >= batches:
-                    break
-                images = batch["image"].to(self.device)
-                if self.cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                    self.model(images)
-                used += 1
-        finally:
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
-        return used
+                x = batch["image"].to(self.device)
+                yield x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+        def forward(x: torch.Tensor) -> object:
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                return self.model(x)
+
+        return recalibrate_batchnorm(self.model, images(), max_batches=batches, forward=forward)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -393,7 +367,7 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": TRAINING_CHECKPOINT_FORMAT,
             "train_config": self.cfg.model_dump(),
             "model_config": dict(self.model.config),
             "model_state": self.model.state_dict(),
@@ -407,7 +381,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_format(state, "<state>")
+        check_training_format(state, "<state>")
         if state["train_config"] != self.cfg.model_dump():
             changed = sorted(
                 k for k in state["train_config"] if state["train_config"][k] != self.cfg.model_dump().get(k)
@@ -491,66 +465,41 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _check_format(state: Any, source: str) -> None:
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{source}: not a hairseg checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    max_batches: int | None = None,
+    forward: Callable[[torch.Tensor], object] | None = None,
+) -> int:
+    """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
 
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: no arbitrary code from pickles)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    During training the running mean/var are an exponential average over batches seen with *older*
+    weights; after a few hundred steps from scratch they lag far behind and eval-mode predictions
+    collapse. Resetting them and averaging exactly (momentum=None) over forward passes in train mode
+    fixes that without touching the weights. ``batches`` are input tensors (at most ``max_batches`` are
+    used), ``forward`` runs one (default ``model``). The model is left in train mode; the momenta are
+    restored. Returns the number of batches used. The one implementation: the trainer and
+    ``benchmarks/webcam_fps.py`` both call it.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in norms if m.track_running_stats]
+    if not norms or (max_batches is not None and max_batches <= 0):
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the recalibration batches
+    run = forward or model
+    used = 0
+    model.train()
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
-    _check_format(state, str(path))
-    return state
-
-
-def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the DeepLabv3+ of a checkpoint in eval mode (no pretrained download needed).
-
-    The module carries its trained scale (``hairseg_core.scaling.model_train_scale``); use
-    :func:`load_trained_model` to get it explicitly.
-    """
-    return load_trained_model(path, map_location)[0]
-
-
-def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, int]:
-    """``(model, scale)``: the checkpoint's network in eval mode and the short side it was trained at.
-
-    A model only segments well at the object scale it saw in training (``base_size``; see
-    ``hairseg_core.scaling``), so whoever evaluates or exports it needs that number as much as the weights.
-    It is also attached to the module, so copies, exports and registered (pickled) models keep it.
-    """
-    from hairseg_core.scaling import attach_train_scale, inference_scale
-
-    state = load_checkpoint(path, map_location)
-    model = build_model(**{**state["model_config"], "pretrained": "none"})
-    model.load_state_dict(state["model_state"])
-    scale = inference_scale(state["train_config"])
-    return attach_train_scale(model.eval(), scale), scale
-
-
-IMAGENET_MEAN = np.asarray(_MEAN, dtype=np.float32)
-IMAGENET_STD = np.asarray(_STD, dtype=np.float32)
-
-
-def train(config: TrainConfig, checkpoint_dir: str | Path | None = None, progress: bool = True) -> Trainer:
-    """Train to completion, checkpointing each epoch; resumes from ``checkpoint_dir`` if one is there."""
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
-    if ckpt is not None and ckpt.is_file():
-        trainer = Trainer.from_checkpoint(ckpt, progress=progress)
-        if trainer.cfg != config:
-            raise CheckpointError(f"{ckpt} was made with other settings; use another --output directory")
-    else:
-        trainer = Trainer(config, progress=progress)
-    for _ in trainer.fit():
-        if ckpt is not None:
-            trainer.save_checkpoint(ckpt)
-    return trainer
+        for images in batches:
+            if max_batches is not None and used >= max_batches:
+                break
+            run(images)
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    return used

@@ -5,7 +5,7 @@ worker or a tracking-server outage, and a waste for everything that depends only
 settings and inputs: an invalid setting, missing or mismatched weights, a corrupt sample, a shape
 error or a loss that turns NaN under a seeded run fail again on every attempt, each one costing a
 worker start (and a GPU) before saying the same thing. This module only classifies; the Ray glue
-(``hairseg_core.tune``) decides what to do with the answer.
+(``hairseg_core.sweep.trial``) decides what to do with the answer.
 """
 
 from __future__ import annotations

@@ -34,10 +34,10 @@ def prediction_panel(image: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> n
 
 def metrics_bar_figure(rows: list[dict], metrics: list[str], label_key: str, title: str):
     """Grouped bars of ``metrics`` per row (e.g. the post-processing table)."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when drawing a figure
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the Agg backend
 
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.6))
     width = 0.8 / max(1, len(metrics))

@@ -376,15 +376,19 @@ class MlflowServer:
     def log_tail(self) -> str:
         return (self.root / f"server-{self.starts}.log").read_text(errors="replace")[-4000:]
 
-    def stop(self) -> None:
-        """Kill the server and its uvicorn workers; the port is free again afterwards."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            kill_tree(self.proc.pid, grace=10)
+    def stop(self, grace: float = 10) -> float:
+        """Kill the server and its uvicorn workers; the port is free again afterwards.
+
+        ``grace`` seconds of SIGTERM first (0: SIGKILL at once, a crash: requests in flight fail
+        instead of being drained). Returns ``time.time()`` of the first failed ``/health`` after
+        the kill, the moment the server is known to be really down.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc.pid, grace=grace)
             self.proc.wait(timeout=10)
         self.proc = None
-        wait_until(lambda: not self.healthy(), 30, f"MLflow server on {self.uri} to stop")
+        wait_until(lambda: not self.healthy(), 30, f"MLflow server on {self.uri} to stop", 0.05)
+        return time.time()
 
     def __enter__(self) -> MlflowServer:
         return self.start()

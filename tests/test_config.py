@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hairseg_core.config import ConfigError, TrainConfig, load_search_space, load_train_config
-from hairseg_core.tune import BY_SEPARATOR, SpaceSampler, sampled_settings
+from hairseg_core.sweep.space import BY_SEPARATOR, SpaceSampler, build_searcher, sampled_settings
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -89,6 +89,18 @@ def test_paper_space_covers_the_paper_study() -> None:
             ),
             "params.focal_gamma: has no effect, params.loss only takes ['ce']",
         ),
+        (
+            lambda d: d.update(searcher={"points_to_evaluate": [{"lr_backbone": 1e-3}]}),
+            "searcher.points_to_evaluate[0].lr_backbone: not a searched parameter",
+        ),
+        (
+            lambda d: d.update(searcher={"points_to_evaluate": [{"lr_head": 0.5}]}),
+            "searcher.points_to_evaluate[0].lr_head: 0.5 is outside [0.0001, 0.01]",
+        ),
+        (
+            lambda d: d.update(num_samples=1, searcher={"points_to_evaluate": [{"lr_head": 1e-3}, {"lr_head": 2e-3}]}),
+            "searcher.points_to_evaluate: 2 points but num_samples is 1",
+        ),
     ],
 )
 def test_invalid_space_names_file_and_key(tmp_path: Path, mutate, expected: str) -> None:
@@ -160,3 +172,28 @@ def test_train_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="epoch: unknown key"):
         load_train_config(path)
     assert TrainConfig(mixup=False, mixup_alpha=0.4).effective_mixup_alpha == 0.0
+
+
+def test_points_to_evaluate_are_the_first_trials(tmp_path: Path) -> None:
+    """Real OptunaSearch: the start point is suggested first, exactly; later trials are sampled."""
+    data = _base()
+    data["params"]["loss"] = {"type": "categorical", "choices": ["ce", "focal"]}
+    data["searcher"] = {"points_to_evaluate": [{"lr_head": 3e-3, "loss": "focal"}]}
+    searcher = build_searcher(load_search_space(_write(tmp_path, data)))
+    assert searcher.suggest("first") == {"lr_head": 3e-3, "loss": "focal"}
+    second = searcher.suggest("second")
+    assert second is not None and second["lr_head"] != 3e-3
+
+
+def test_override_of_a_searched_setting_pins_it(tmp_path: Path) -> None:
+    """``--set lr_head=0.002`` on a space that searches it: every trial at 0.002, start points follow."""
+    data = _base()
+    data["params"]["loss"] = {"type": "categorical", "choices": ["ce", "focal"]}
+    data["searcher"] = {"points_to_evaluate": [{"lr_head": 3e-3, "loss": "focal"}, {"lr_head": 5e-3}]}
+    space = load_search_space(_write(tmp_path, data), overrides={"fixed.lr_head": 0.002})
+    assert space.fixed["lr_head"] == 0.002 and "lr_head" not in space.params
+    assert space.searcher.points_to_evaluate == [{"loss": "focal"}]
+    # a key that is only searched and not overridden stays an error when written twice in the file
+    data["fixed"]["loss"] = "ce"
+    with pytest.raises(ConfigError, match="params.loss: also set in 'fixed'"):
+        load_search_space(_write(tmp_path, data))

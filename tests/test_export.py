@@ -10,30 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hairseg_core.evaluate import ModelPredictor
-from hairseg_core.export import (
-    ExportError,
-    ExportParityError,
+from hairseg_core.artifact import (
     MetadataError,
     ModelMetadata,
     ProbabilityModel,
+    normalize_image,
+    onnx_session,
+    read_metadata,
+)
+from hairseg_core.export import (
+    ExportError,
+    ExportParityError,
     export_all,
     export_onnx,
     export_torchscript,
-    measure_latency,
-    normalize_image,
-    onnx_session,
     parity_check,
-    read_metadata,
     synthetic_portrait,
 )
 from hairseg_core.inference import (
+    HairPredictor,
     InferenceError,
     Letterbox,
     Preprocessor,
     load_predictor,
     unletterbox,
 )
+from hairseg_core.latency import measure_latency
 from hairseg_core.models import build_model
 from hairseg_core.registry import UnknownNameError
 from hairseg_core.scaling import attach_train_scale
@@ -174,8 +176,8 @@ def test_metadata_round_trip(exported: dict) -> None:
 def test_exports_evaluate_at_the_trained_scale(model: nn.Module, exported: dict, tmp_path) -> None:
     """scale="auto" resizes the short side to model.json's train_scale, at any aspect ratio, like eager."""
     frame = synthetic_portrait(120, 200, seed=11)
-    reference = ModelPredictor(model, scale=INPUT_SIZE)(frame)
-    native = ModelPredictor(model, scale="native")(frame)
+    reference = HairPredictor.from_model(model, scale=INPUT_SIZE)(frame)
+    native = HairPredictor.from_model(model, scale="native")(frame)
     assert np.abs(reference - native).max() > 0.05  # the scale matters for this model
     for backend in ("onnx", "torchscript", "eager"):
         predictor = load_predictor(exported["dir"], backend, scale="auto")

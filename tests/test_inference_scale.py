@@ -17,7 +17,8 @@ from sweep_helpers import tiny_train_config
 from torch import nn
 
 from hairseg_core import evaluate
-from hairseg_core.export import ModelMetadata, save_checkpoint
+from hairseg_core.artifact import ModelMetadata, load_trained_model
+from hairseg_core.export import save_checkpoint
 from hairseg_core.inference import LETTERBOX, HairPredictor, load_predictor
 from hairseg_core.models import build_model
 from hairseg_core.scaling import (
@@ -29,7 +30,7 @@ from hairseg_core.scaling import (
     resolve_scale,
     short_side_hw,
 )
-from hairseg_core.train import Trainer, load_trained_model
+from hairseg_core.train import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -100,7 +101,7 @@ def test_short_side_keeps_the_aspect_ratio() -> None:
 
 def test_model_predictor_runs_at_the_short_side_and_returns_full_size() -> None:
     net = Recorder()
-    predictor = evaluate.ModelPredictor(net, scale=100)
+    predictor = HairPredictor.from_model(net, scale=100)
     probs = predictor.probabilities(_image(300, 200))  # portrait, not square
     assert net.shapes == [(1, 3, 150, 100)]
     assert probs.shape == (2, 300, 200) and probs.dtype == np.float32
@@ -112,7 +113,7 @@ def test_model_predictor_runs_at_the_short_side_and_returns_full_size() -> None:
 
 def test_native_keeps_the_image_size() -> None:
     net = Recorder()
-    predictor = evaluate.ModelPredictor(attach_train_scale(net, 64), scale="native")
+    predictor = HairPredictor.from_model(attach_train_scale(net, 64), scale="native")
     assert predictor.scale is None and predictor.inference_scale == "native"
     assert predictor.probabilities(_image(90, 70)).shape == (2, 90, 70)
     assert net.shapes == [(1, 3, 90, 70)]
@@ -120,13 +121,13 @@ def test_native_keeps_the_image_size() -> None:
 
 def test_auto_uses_the_scale_attached_to_the_model() -> None:
     net = attach_train_scale(Recorder(), 64)
-    assert evaluate.ModelPredictor(net).scale == 64
-    assert evaluate.ModelPredictor(Recorder()).scale is None  # a bare module: its own resolution
+    assert HairPredictor.from_model(net).scale == 64
+    assert HairPredictor.from_model(Recorder()).scale is None  # a bare module: its own resolution
 
 
 def test_multi_scale_averages_probabilities() -> None:
     net = Recorder()
-    probs = evaluate.ModelPredictor(net, scale=100, scales=MULTI_SCALES).probabilities(_image(100, 160))
+    probs = HairPredictor.from_model(net, scale=100, scales=MULTI_SCALES).probabilities(_image(100, 160))
     assert [s[2] for s in net.shapes] == [75, 100, 125]  # landscape: the short side is the height
     assert probs.shape == (2, 100, 160)
     expected = np.mean([_sigmoid(s / 100.0) for s in (75, 100, 125)])
@@ -136,12 +137,12 @@ def test_multi_scale_averages_probabilities() -> None:
 
 def test_flip_is_undone_before_averaging() -> None:
     image = _image(64, 96, seed=3)  # random, so anything left mirrored would disagree
-    plain = evaluate.ModelPredictor(Pixelwise(), scale="native").probabilities(image)
-    flipped = evaluate.ModelPredictor(Pixelwise(), scale="native", flip=True).probabilities(image)
+    plain = HairPredictor.from_model(Pixelwise(), scale="native").probabilities(image)
+    flipped = HairPredictor.from_model(Pixelwise(), scale="native", flip=True).probabilities(image)
     np.testing.assert_allclose(flipped, plain, atol=1e-6)
     assert float(plain[1].std()) > 0.1
     net = Recorder()
-    evaluate.ModelPredictor(net, scale=32, flip=True)(image)
+    HairPredictor.from_model(net, scale=32, flip=True)(image)
     assert net.shapes == [(2, 3, 32, 48)]  # one batch: the image and its mirror
 
 
@@ -185,18 +186,18 @@ def test_checkpoints_carry_their_scale_to_every_loader(tmp_path: Path) -> None:
     ckpt = Trainer(tiny_train_config(tmp_path, base_size=81, crop_size=65)).save_checkpoint(tmp_path / "c.pt")
     model, scale = load_trained_model(ckpt)
     assert scale == 81 and model_train_scale(model) == 81
-    assert evaluate.load_predictor(ckpt).scale == 81
-    assert evaluate.load_predictor(ckpt, scale="native").scale is None
-    assert evaluate.load_predictor(ckpt, scale=97).scale == 97
+    assert load_predictor(ckpt, scale="auto").scale == 81
+    assert load_predictor(ckpt, scale="native").scale is None
+    assert load_predictor(ckpt, scale=97).scale == 97
     eager = load_predictor(ckpt)  # the webcam app on a bare training checkpoint
     assert eager.metadata.train_scale == 81 and eager.input_size == 81
 
     exported = save_checkpoint(model, tmp_path / "export" / "model.pt")
     assert torch.load(exported, weights_only=True)["train_scale"] == 81
-    predictor = evaluate.load_predictor(exported)  # export checkpoint → inference back-end, scale "auto"
+    predictor = load_predictor(exported, scale="auto")  # export checkpoint → inference back-end, scale "auto"
     assert predictor.inference_scale == 81
     frame = _image(70, 100)
-    reference = evaluate.ModelPredictor(model, scale=81)(frame)
+    reference = HairPredictor.from_model(model, scale=81)(frame)
     np.testing.assert_allclose(predictor(frame), reference, atol=1e-5)
 
 
@@ -261,7 +262,7 @@ def test_real_model_scores_higher_at_its_trained_scale(tmp_path: Path) -> None:
         evaluation = [test_set[i] for i in range(20, 36)]  # 16 images the training never saw
         scores = {}
         for scale in ("native", "auto"):
-            predictor = evaluate.load_predictor(ckpt, scale=scale)
+            predictor = load_predictor(ckpt, scale=scale)
             scores[scale] = evaluate.evaluate_predictor(predictor, evaluation)
             probs = predictor.probabilities(evaluation[0]["image"])
             assert probs.shape == (2, 512, 512), "probabilities must come back at the native size"

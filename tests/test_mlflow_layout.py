@@ -17,9 +17,10 @@ import pytest
 import torch
 from torch import nn
 
+from hairseg_core.artifact import normalize_image
 from hairseg_core.config import TrainConfig
 from hairseg_core.data.fingerprint import fingerprint_config
-from hairseg_core.export import export_all, normalize_image, synthetic_portrait
+from hairseg_core.export import export_all, synthetic_portrait
 from hairseg_core.models import build_model
 from hairseg_core.scaling import attach_train_scale, model_train_scale
 from hairseg_core.tracking import (
@@ -209,7 +210,7 @@ def test_registered_model_is_onnx_and_loads_without_pickle(
 
 
 def _checkpoint_model(export_dir: Path) -> tuple[nn.Module, dict]:
-    from hairseg_core.inference import load_checkpoint_model
+    from hairseg_core.artifact import load_checkpoint_model
 
     return load_checkpoint_model(export_dir / "model.pt")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow import MlflowClient
 from sweep_helpers import EXPERIMENT, REPO, MlflowServer, Workspace, make_workspace, sweep_runs
 
 pytestmark = pytest.mark.slow
@@ -76,22 +77,32 @@ def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[M
 
 
 @pytest.fixture(scope="module")
-def page(finished_sweep: tuple[MlflowServer, Workspace, str]) -> Iterator[Any]:
+def browser(finished_sweep: tuple[MlflowServer, Workspace, str]) -> Iterator[Any]:
     sync_playwright = _playwright()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nMLflow UI screenshots: {ARTIFACTS}")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
+        chromium = pw.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
             headless=True,
             args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
         )
         try:
-            tab = browser.new_page(viewport={"width": 1600, "height": 1000})
-            tab.set_default_timeout(UI_TIMEOUT_MS)
-            yield tab
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def _new_tab(browser: Any) -> Any:
+    """A tab in a fresh browser context: no local storage, i.e. a user's first visit."""
+    tab = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    tab.set_default_timeout(UI_TIMEOUT_MS)
+    return tab
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any) -> Any:
+    return _new_tab(browser)
 
 
 def _trials(finished_sweep: tuple[MlflowServer, Workspace, str]) -> list[Any]:
@@ -138,6 +149,36 @@ def test_runs_page_shows_every_trial_with_its_parameters_and_metrics(finished_sw
         lr_head = _cell(page, run_id, "params.`lr_head`")
         assert lr_head == run.data.params["lr_head"], f"{name}: lr_head cell {lr_head!r}"
     page.screenshot(path=str(ARTIFACTS / "runs-table.png"))
+
+
+def test_experiment_address_opens_the_model_training_view(finished_sweep, browser) -> None:
+    """No saved-view link, first visit (fresh browser storage): the experiment's own address in the
+    model-training workflow lands on the runs table with every trial and no GenAI sidebar.
+
+    MLflow 3.17's UI takes the layout from a workflow switch it keeps per browser (GenAI on a first
+    visit) or from ``workflowType`` in the address, not from the experiment's ``mlflow.experimentKind``
+    tag, so a bare ``#/experiments/<id>`` opens the GenAI overview whatever the store says; the
+    addresses the sweep prints all carry ``workflowType=machine_learning`` (README, "Comparing a sweep").
+    """
+    server, _, _ = finished_sweep
+    trials = _trials(finished_sweep)
+    experiment_id = trials[0].info.experiment_id
+    experiment = MlflowClient(server.uri).get_experiment(experiment_id)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    tab = _new_tab(browser)
+    try:
+        tab.goto(f"{server.uri}/#/experiments/{experiment_id}?workflowType=machine_learning")
+        tab.wait_for_url(re.compile(r".*/runs\?.*workflowType=machine_learning.*"))
+        tab.get_by_text("Run Name", exact=True).first.wait_for(state="visible")
+        for item in ("Runs", "Models"):
+            tab.get_by_text(item, exact=True).first.wait_for(state="visible")
+        for genai_item in ("Sessions", "Judges", "Playground"):
+            assert tab.get_by_text(genai_item, exact=True).count() == 0, f"the GenAI sidebar ({genai_item}) is shown"
+        for run in trials:
+            tab.locator(f'[row-id="{run.info.run_id}"]').first.wait_for(state="visible")
+        tab.screenshot(path=str(ARTIFACTS / "experiment-first-visit.png"))
+    finally:
+        tab.context.close()
 
 
 def test_chart_view_compares_every_trial(finished_sweep, page) -> None:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import mlflow.artifacts
+import optuna
 import pytest
 import torch
 from sweep_helpers import EXPERIMENT, TINY_SPACE, Workspace, _merge, sweep_runs, tune_results
@@ -101,7 +102,7 @@ def test_shipped_webcam_space_trades_accuracy_for_latency_and_paper_stays_single
 def test_searcher_and_scheduler_follow_the_objectives() -> None:
     from ray.tune.schedulers import ASHAScheduler
 
-    from hairseg_core.tune import build_scheduler, build_searcher
+    from hairseg_core.sweep.space import build_scheduler, build_searcher
 
     raw = {**BASE, "params": {"lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
     multi = search_space_from_dict({**raw, "objectives": TWO, "scheduler": {"metric": "latency_ms"}})
@@ -112,7 +113,7 @@ def test_searcher_and_scheduler_follow_the_objectives() -> None:
     assert isinstance(scheduler, ASHAScheduler) and (scheduler.metric, scheduler._mode) == ("latency_ms", "min")
     nsga = search_space_from_dict({**raw, "objectives": TWO, "searcher": {"sampler": "nsga2", "population_size": 6}})
     sampler = build_searcher(nsga)._sampler
-    assert type(sampler).__name__ == "NSGAIISampler" and sampler._population_size == 6
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 6
     single = build_searcher(search_space_from_dict(raw))
     assert single.metric == "val_miou" and single.mode == "max", "one objective stays a plain string"
 
@@ -166,12 +167,28 @@ def test_measured_latency_ranks_a_heavier_head_slower() -> None:
     assert heavy.latency_ms > light.latency_ms, (light, heavy)
 
 
+def test_an_nsga2_searcher_pickles_for_the_experiment_state() -> None:
+    """Tune pickles the searcher into its experiment state (and --resume unpickles it); Optuna 5's
+    genetic samplers hold a thread lock, which plain pickling rejects."""
+    import pickle
+
+    from hairseg_core.sweep.space import build_searcher
+
+    raw = {**BASE, "params": {"lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+    space = search_space_from_dict({**raw, "objectives": TWO, "searcher": {"sampler": "nsga2", "population_size": 4}})
+    searcher = pickle.loads(pickle.dumps(build_searcher(space)))
+    sampler = searcher._sampler
+    assert sampler.population_size == 4
+    with sampler._thread_lock:  # a working lock again after unpickling
+        pass
+
+
 def test_a_trial_measures_once_and_a_restored_attempt_reports_the_same(tmp_path: Path) -> None:
     """The measurement travels in the checkpoint: a retry (maybe on another node) reports the same numbers."""
     from sweep_helpers import tiny_train_config
 
+    from hairseg_core.sweep.trial import LatencySettings, _model_cost
     from hairseg_core.train import Trainer
-    from hairseg_core.tune import LatencySettings, _model_cost
 
     cfg = tiny_train_config(tmp_path)
     settings = LatencySettings(export_size=None, threads=1, repeats=20)

@@ -136,7 +136,7 @@ def test_resume_without_a_sweep_fails_clearly(ws: Workspace) -> None:
 def test_resume_refuses_a_different_search_space(ws: Workspace) -> None:
     """Restored trials would train with other fixed settings: refused before Ray starts, naming the keys."""
     from hairseg_core.config import load_search_space
-    from hairseg_core.tune import load_sweep_manifest, save_sweep_manifest
+    from hairseg_core.sweep.state import load_sweep_manifest, save_sweep_manifest
 
     original = ws.space()
     save_sweep_manifest(str(ws.storage), "hairseg-tiny-1", "hairseg-tiny", load_search_space(original), str(original))
@@ -179,8 +179,9 @@ def test_surviving_checkpoint_is_the_newest_complete_earlier_one(tmp_path) -> No
     from ray.tune import Checkpoint
     from sweep_helpers import tiny_train_config
 
-    from hairseg_core.train import CHECKPOINT_FILE, Trainer
-    from hairseg_core.tune import surviving_checkpoint
+    from hairseg_core.artifact import CHECKPOINT_FILE
+    from hairseg_core.sweep.checkpoints import surviving_checkpoint
+    from hairseg_core.train import Trainer
 
     trainer = Trainer(tiny_train_config(tmp_path))
     trial = tmp_path / "trial_x"
@@ -209,7 +210,7 @@ def test_resume_when_the_checkpoint_tune_recorded_was_deleted(ws: Workspace) -> 
     """
     from ray.tune import ExperimentAnalysis
 
-    from hairseg_core.train import load_checkpoint
+    from hairseg_core.artifact import load_checkpoint
 
     epochs = 6
     space = ws.space(

@@ -12,7 +12,8 @@ import yaml
 from sweep_helpers import tiny_train_config
 
 from hairseg_core import cli
-from hairseg_core.train import CheckpointError, Trainer, load_checkpoint, load_trial_data, model_from_checkpoint
+from hairseg_core.artifact import CheckpointError, load_checkpoint, model_from_checkpoint
+from hairseg_core.train import Trainer, load_trial_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -7,20 +7,18 @@ onnxruntime, mapping back, colouring, video I/O) is exercised and every pixel's 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from webcam_helpers import DarkPixelsAreHair, load_webcam_app
 
-from hairseg_core.coloring import NAMED_COLORS, TemporalSmoother, flicker, parse_color, recolor
+from hairseg_core.coloring import NAMED_COLORS, parse_color, recolor
 from hairseg_core.export import export_onnx, write_metadata
 from hairseg_core.inference import load_predictor
+from hairseg_core.temporal import EmaSmoother, probability_change
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 120, 160
@@ -28,28 +26,7 @@ HAIR_BGR = (22, 28, 36)  # dark brown
 BACKGROUND_BGR = (205, 200, 196)
 
 
-def _load_app():
-    spec = importlib.util.spec_from_file_location("hairseg_webcam_app", ROOT / "pipelines" / "webcam.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-webcam = _load_app()
-
-
-class DarkPixelsAreHair(nn.Module):
-    """Hair logit = -sharpness * mean normalised intensity: dark → prob ≈ 1, light → prob ≈ 0."""
-
-    def __init__(self, sharpness: float = 10.0) -> None:
-        super().__init__()
-        self.sharpness = sharpness
-        self.config = {"backbone": "dark_pixel_rule", "output_stride": 1, "num_classes": 2}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hair = -self.sharpness * x.mean(dim=1, keepdim=True)
-        return torch.cat([torch.zeros_like(hair), hair], dim=1)
+webcam = load_webcam_app()
 
 
 def _export_rule(directory: Path, sharpness: float) -> Path:
@@ -198,15 +175,15 @@ def test_ema_reduces_flicker_of_noisy_probabilities() -> None:
     rng = np.random.default_rng(1)
     still = np.clip(_hair_mask().astype(np.float32) * 0.9 + 0.05, 0, 1)
     raw = [np.clip(still + rng.normal(0, 0.15, still.shape), 0, 1).astype(np.float32) for _ in range(20)]
-    smoother = TemporalSmoother(0.8)
+    smoother = EmaSmoother(0.8)
     smoothed = [smoother(p) for p in raw]
-    assert flicker(smoothed) < 0.5 * flicker(raw)
-    off = TemporalSmoother(0.0)
-    assert flicker([off(p) for p in raw]) == pytest.approx(flicker(raw))
+    assert probability_change(smoothed) < 0.5 * probability_change(raw)
+    off = EmaSmoother(0.0)
+    assert probability_change([off(p) for p in raw]) == pytest.approx(probability_change(raw))
     with pytest.raises(ValueError, match="two"):
-        flicker(raw[:1])
+        probability_change(raw[:1])
     with pytest.raises(ValueError, match="momentum"):
-        TemporalSmoother(1.0)
+        EmaSmoother(1.0)
 
 
 def test_ema_reduces_flicker_of_the_predictor_on_a_still_noisy_video(tmp_path: Path) -> None:
@@ -216,8 +193,8 @@ def test_ema_reduces_flicker_of_the_predictor_on_a_still_noisy_video(tmp_path: P
     still = cv2.cvtColor(_scene(0), cv2.COLOR_BGR2RGB).astype(np.float32)
     frames = [np.clip(still + rng.normal(0, 12, still.shape), 0, 255).astype(np.uint8) for _ in range(10)]
     raw = [predictor(f) for f in frames]
-    smoother = TemporalSmoother(0.7)
-    assert flicker([smoother(p) for p in raw]) < 0.6 * flicker(raw)
+    smoother = EmaSmoother(0.7)
+    assert probability_change([smoother(p) for p in raw]) < 0.6 * probability_change(raw)
 
 
 # ------------------------------------------------------------------------------------------------- app

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hairseg_core.artifact import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the model artifact's)
+
 IGNORE_INDEX = 255
 
 

@@ -221,7 +221,7 @@ class XceptionBackbone(nn.Module):
 def xception(output_stride: int = 16) -> XceptionBackbone:
     """Aligned Xception-65 (Chen et al. 2018) from timm; ``pretrained=False``: weights come via weights.py."""
     check_output_stride(output_stride)
-    import timm
+    import timm  # deferred: timm only for the Xception backbone
 
     net = timm.create_model("xception65", pretrained=False, num_classes=0, output_stride=output_stride)
     return XceptionBackbone(net, output_stride)

@@ -101,7 +101,7 @@ def _hf_cache_lookup(source: PretrainedSource) -> Path | None:
     if source.hf_hub_id is None:
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # deferred, optional: only for hf_hub_id sources
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm
         return None
     for filename in source.hf_filenames:
@@ -155,7 +155,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist (or is not a file)")
     suffix = path.suffix.lower()
     if suffix == _SAFETENSORS_SUFFIX:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: safetensors only for .safetensors files
 
         obj: object = load_file(str(path), device="cpu")
     elif suffix in _TORCH_SUFFIXES:

@@ -1,0 +1,163 @@
+"""Running the final stage on what a sweep left behind (``hairseg_core.finalize`` does the work).
+
+Two callers: the sweep's driver hands over its best trial at the end of a sweep
+(:func:`finalize_sweep`), and ``pipelines/finalize.py`` reruns the stage later from MLflow alone
+(:func:`run_final_stage`: a sweep's parent run, the newest sweep of an experiment, or any training
+checkpoint). After a sweep's final stage (not a dry run) the reproduction report is rebuilt from
+MLflow and written to ``exports/<sweep>/report.html``.
+
+The heavy imports (torch, the exporters) wait until the tracking server has answered, so a wrong
+``--tracking-uri`` fails in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from hairseg_core.config import FinalizeSettings, SearchSpace, load_search_space
+from hairseg_core.sweep_report import write_report
+from hairseg_core.threads import configure_threads
+from hairseg_core.tracking import Tracker, TrackingUnavailable, check_tracking, resolve_tracking_uri, with_retries
+
+
+class NoFinishedSweep(LookupError):
+    """The experiment has no sweep whose best trial was recorded: there is nothing to finalize."""
+
+
+def local_checkpoint(path: str, workdir: Path) -> Path:
+    """A Tune checkpoint directory (local, or s3:// / gs:// storage) → local checkpoint.pt."""
+    if "://" not in path:
+        local = Path(path)
+    else:
+        local = workdir / "checkpoint"
+        pyarrow.fs.copy_files(path, str(local))
+    return local / "checkpoint.pt" if local.is_dir() else local
+
+
+def finalize_sweep(
+    best: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str | None, sweep: str, dry_run: bool = False
+) -> int:
+    """The sweep's last step: ``best`` is ``hairseg_core.sweep.results.BestTrial``; returns the exit status.
+
+    A report that cannot be built returns 1 after the model was registered and promoted: only the
+    report has to be redone, and the message says how.
+    """
+    from hairseg_core.finalize import finalize  # deferred: torch, the exporters and post-processing
+
+    with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
+        ckpt = local_checkpoint(best.checkpoint_path, Path(tmp))
+        finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run)
+    if parent_run_id and not dry_run:
+        try:
+            report(tracker, parent_run_id, space.finalize.export_dir)
+        except Exception as exc:  # the model is registered and promoted: only the report has to be redone
+            traceback.print_exc()
+            print(
+                f"\nerror: the reproduction report could not be built ({type(exc).__name__}: {exc}); the final "
+                f"stage itself completed. After fixing the cause rebuild it with\n"
+                f"  python pipelines/finalize.py --report-only --run-id {parent_run_id}",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+def report(tracker: Tracker, parent_run_id: str, export_dir: str | None = None) -> Path:
+    """Write the sweep's reproduction report from MLflow (``hairseg_core.sweep_report``) and say where."""
+    path = write_report(tracker, parent_run_id, export_dir)
+    print(f"\nreproduction report: {path.resolve()} (also on MLflow parent run {parent_run_id} as report.html)")
+    return path
+
+
+def _parent_from_experiment(tracker: Tracker) -> Any:
+    for run in tracker.latest_sweep_runs():
+        if "hairseg.best_checkpoint" in run.data.tags:
+            return run
+    raise NoFinishedSweep(f"experiment {tracker.experiment!r} has no sweep with a best trial yet")
+
+
+@dataclass(frozen=True)
+class FinalStageRequest:
+    """What ``pipelines/finalize.py`` was asked to finalize, and how (see its ``--help``).
+
+    ``run_id`` (a sweep's parent run) wins over ``experiment`` (its newest sweep with a best trial);
+    ``checkpoint`` finalizes any training checkpoint instead of a sweep's best.
+    """
+
+    experiment: str = "hairseg-default"
+    run_id: str | None = None
+    checkpoint: str | None = None
+    space_file: str | None = None
+    tracking_uri: str | None = None
+    dry_run: bool = False
+    promote_margin: float | None = None
+    max_test_images: int | None = None
+    report_only: bool = False
+    #: torch / OpenCV / ONNX Runtime threads (``hairseg_core.threads``); None = the CPUs this process may use
+    threads: int | None = None
+
+
+def run_final_stage(request: FinalStageRequest) -> int:
+    """The final stage alone, from what MLflow recorded; returns the exit status.
+
+    2: the tracking server is unreachable; 1: the experiment has no finished sweep; 0 otherwise.
+    """
+    tracking_uri = resolve_tracking_uri(request.tracking_uri)
+    try:
+        check_tracking(tracking_uri)
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Deferred until the tracking server answered (module docstring): torch, the exporters, post-processing.
+    from hairseg_core.finalize import finalize
+    from hairseg_core.train import load_checkpoint  # deferred: torch
+
+    configure_threads(request.threads)
+
+    settings = FinalizeSettings()
+    if request.checkpoint:
+        state = load_checkpoint(request.checkpoint)
+        train_config, checkpoint, parent, sweep = state["train_config"], request.checkpoint, None, "manual"
+        tracker = Tracker(tracking_uri, request.experiment)
+    else:
+        if request.run_id:
+            lookup = Tracker(tracking_uri, "unused")
+            run = lookup.get_run(request.run_id)
+            experiment = with_retries(
+                lambda: lookup.client.get_experiment(run.info.experiment_id), "get experiment"
+            ).name
+            tracker = Tracker(tracking_uri, experiment)
+        else:
+            tracker = Tracker(tracking_uri, request.experiment)
+            try:
+                run = _parent_from_experiment(tracker)
+            except NoFinishedSweep as exc:
+                print(exc, file=sys.stderr)
+                return 1
+        parent, sweep = run.info.run_id, run.data.tags["hairseg.sweep"]
+        if request.report_only:
+            report(tracker, parent)
+            return 0
+        with tempfile.TemporaryDirectory() as tmp:
+            best = json.loads(tracker.download_artifact(parent, "best_trial.json", tmp).read_text())
+            space = json.loads(tracker.download_artifact(parent, "search_space.json", tmp).read_text())
+        settings = FinalizeSettings(**space.get("finalize", {}))
+        train_config, checkpoint = best["config"], best["checkpoint_path"]
+    if request.space_file:
+        settings = load_search_space(request.space_file).finalize
+    overrides = {"promote_margin": request.promote_margin, "max_test_images": request.max_test_images}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
+        ckpt = local_checkpoint(checkpoint, Path(tmp))
+        finalize(ckpt, train_config, settings, tracker, parent, sweep=sweep, dry_run=request.dry_run)
+    if parent and not request.dry_run:
+        report(tracker, parent, settings.export_dir)
+    return 0

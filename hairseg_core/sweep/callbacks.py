@@ -1,0 +1,55 @@
+"""Driver-side bookkeeping of MLflow: every trial's run is closed with the status it ended with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune import Callback
+
+from hairseg_core.sweep.trial import TrackingSettings
+from hairseg_core.tracking import Tracker
+
+
+class MlflowStatusCallback(Callback):
+    """Driver side: closes each trial's MLflow run with the right status.
+
+    A trial stopped by ASHA is killed between epochs, so it cannot close its own run; the
+    driver sees every ending (complete, early-stopped, errored) and records it.
+    """
+
+    def __init__(self, tracking: TrackingSettings, max_t: int) -> None:
+        self.tracking = tracking
+        self.max_t = max_t
+        self._tracker: Tracker | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking.tracking_uri, self.tracking.experiment)
+        return self._tracker
+
+    def _close(self, trial: Any, status: str) -> None:
+        hint = (trial.last_result or {}).get("mlflow_run_id")
+        run_id = self.tracker.current_trial_run(self.tracking.sweep, trial.trial_id, hint)
+        if not run_id:
+            return
+        epochs = int((trial.last_result or {}).get("training_iteration", 0))
+        self.tracker.set_tags(
+            run_id,
+            {
+                "hairseg.epochs_run": epochs,
+                "hairseg.early_stopped": status == "FINISHED" and epochs < self.max_t,
+            },
+        )
+        # The UI's table and bar charts show a metric's last value; a trial is ranked by its best epoch.
+        self.tracker.log_best_metrics(run_id)
+        self.tracker.end_run(run_id, status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FAILED")
+
+    def __getstate__(self) -> dict[str, Any]:  # the MLflow client is not picklable; rebuild lazily
+        return {**self.__dict__, "_tracker": None}

@@ -1,0 +1,226 @@
+"""A whole sweep, as ``python pipelines/sweep.py`` runs it: checks, Tune, summary, final stage.
+
+Two steps around the Ray connection, which the entry point owns (library code never touches Ray's
+globals): :func:`prepare_sweep` checks everything that can be checked without Ray (space, resume
+target, tracking server, Ray address, weights, data) and returns an exit status on the first problem;
+:func:`run_sweep` then records the sweep in MLflow, runs or resumes Tune, prints and logs the results
+and runs the final stage. Both return the command's exit status: 0 done, 1 no usable trial or a failed
+final stage, 2 a check failed, 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from hairseg_core.config import ConfigError, SearchSpace, load_search_space
+from hairseg_core.data.fingerprint import fingerprint_config
+from hairseg_core.final_stage import finalize_sweep
+from hairseg_core.overrides import parse_set
+from hairseg_core.sweep import state
+from hairseg_core.sweep.preflight import PreflightError, check_ray_address, check_trial_inputs
+from hairseg_core.tracking import (
+    Tracker,
+    TrackingUnavailable,
+    check_tracking,
+    default_artifact_location,
+    log_sweep_summary,
+    resolve_tracking_uri,
+    ui_address,
+    view_url,
+)
+from hairseg_core.train import TrialData
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What the command line asked for (``pipelines/sweep.py --help`` says what each flag means).
+
+    ``default_space`` is the YAML used when neither ``space_file`` nor a resumed sweep names one.
+    """
+
+    default_space: str
+    space_file: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    set_pairs: tuple[str, ...] = ()
+    experiment: str | None = None
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    resume: bool = False
+    run_name: str | None = None
+    finalize: bool = True
+    num_cpus: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class PreparedSweep:
+    """A sweep whose checks passed: what to run, where, and what the trials get through the object store."""
+
+    request: SweepRequest
+    space: SearchSpace
+    experiment: str
+    name: str
+    storage: str
+    tracking_uri: str
+    address: str
+    weights: dict[str, bytes]
+    data: TrialData | None
+
+    @property
+    def space_file(self) -> str:
+        return self.request.space_file or self.request.default_space
+
+    def ray_init_kwargs(self) -> dict[str, Any]:
+        """The arguments the entry point passes to ``ray.init`` for this sweep."""
+        local = self.address == "local"
+        return {
+            "address": self.address,
+            "num_cpus": self.request.num_cpus if local else None,
+            "include_dashboard": False if local else None,
+            "log_to_driver": not self.request.quiet,
+        }
+
+
+def prepare_sweep(request: SweepRequest) -> PreparedSweep | int:
+    """Everything that can be checked without Ray, first; an exit status (after the message) on failure."""
+    storage = state.normalize_storage_path(request.storage)
+    overrides: dict[str, Any] = {"num_samples": request.num_samples, "max_concurrent_trials": request.max_concurrent}
+    try:
+        overrides.update(parse_set(list(request.set_pairs), bare_prefix="fixed"))
+    except ValueError as exc:
+        print(f"error: --set: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if request.resume:
+            space, experiment, name = state.resume_target(
+                storage,
+                request.default_space,
+                overrides,
+                space_file=request.space_file,
+                experiment=request.experiment,
+                run_name=request.run_name,
+                changes_settings=bool(request.set_pairs),
+            )
+        else:
+            space = load_search_space(request.space_file or request.default_space, overrides)
+            experiment = request.experiment or f"hairseg-{space.name}"
+            name = request.run_name or state.new_sweep_name(experiment)
+    except ConfigError as exc:
+        print(f"invalid search space:\n{exc}", file=sys.stderr)
+        return 2
+    except state.ResumeError as exc:
+        print(f"error: --resume: {exc}", file=sys.stderr)
+        return 2
+    except state.SweepFinished as done:
+        print(done)
+        return 0
+    tracking_uri = resolve_tracking_uri(request.tracking_uri)
+    try:
+        check_tracking(tracking_uri)
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # Ray workers inherit it
+    # "local" rather than None: ray.init(address=None) joins whatever cluster
+    # /tmp/ray/ray_current_cluster names (a `ray start`, or a crashed run's stale leftover that
+    # then hangs the sweep) instead of starting the local Ray this command promises.
+    address = request.address or os.environ.get("RAY_ADDRESS") or "local"
+    problem = check_ray_address(address)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        inputs = check_trial_inputs(space, finalize=request.finalize)
+    except PreflightError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return PreparedSweep(request, space, experiment, name, storage, tracking_uri, address, inputs.weights, inputs.data)
+
+
+def run_sweep(sweep: PreparedSweep) -> int:
+    """Record, run (or resume) and summarise the sweep, then its final stage; Ray must be connected."""
+    from hairseg_core.sweep import results as sweep_results  # deferred: Optuna
+    from hairseg_core.sweep.summary import print_errors, print_summary, report_front, resume_hint  # deferred: Optuna
+    from hairseg_core.sweep.tuner import SweepSettings, build_tuner  # deferred: Optuna
+
+    request, space, name, storage = sweep.request, sweep.space, sweep.name, sweep.storage
+    hint = resume_hint(name, storage, request.address, request.tracking_uri)
+    try:
+        tracker = Tracker(sweep.tracking_uri, sweep.experiment, default_artifact_location(sweep.tracking_uri))
+        parent = tracker.start_sweep(name, space.model_dump(), sweep.space_file)
+        if not request.resume:
+            state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file)
+            if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
+                tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
+        view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
+        view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
+        print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
+        settings = SweepSettings(
+            experiment=sweep.experiment,
+            storage_path=storage,
+            tracking_uri=sweep.tracking_uri,
+            name=name,
+            verbose=0 if request.quiet else 1,
+        )
+        tuner = build_tuner(space, settings, parent, resume=request.resume, data=sweep.data, weights=sweep.weights)
+        started = time.perf_counter()
+        results = tuner.fit()
+        elapsed = time.perf_counter() - started
+        progress = sweep_results.sweep_progress(results, space.num_samples)
+        if progress.unfinished:
+            # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the
+            # sweep is not over, so it must be neither summarised as done nor finalized.
+            tracker.end_run(parent, "KILLED")
+            print(f"\n{progress.ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
+            print(hint, file=sys.stderr)
+            return 130
+        if progress.completed == space.num_samples:
+            state.mark_sweep_finished(storage, name)  # errored trials keep it resumable (retried)
+        rows = sweep_results.results_rows(results, space)
+        if progress.completed == 0:
+            print_errors(rows)
+            tracker.end_run(parent, "FAILED")
+            print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)
+            return 1
+        study = sweep_results.optuna_study_from_results(results, space)
+        selection = report_front(results, space, tracker, parent)
+        if selection is None:  # the select: rule matched no trial; the message is printed
+            tracker.log_table(parent, rows, "results/trials.json")
+            tracker.end_run(parent, "FAILED")
+            return 1
+        best = sweep_results.best_trial(results, space, selection.point)
+        log_sweep_summary(tracker, parent, rows, study, best, space.metric)
+        print_summary(rows, best, space.metric, elapsed, sweep.tracking_uri, sweep.experiment, view)
+        print(f"picked for export: trial {best.trial_id}: {selection.reason}")
+        status = 0
+        if request.finalize:
+            status = _final_stage(best, space, tracker, parent, name)
+        if status == 0 and progress.completed == space.num_samples:
+            state.mark_sweep_finalized(storage, name, skipped=not request.finalize)
+        tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
+        return status
+    except KeyboardInterrupt:
+        print(hint, file=sys.stderr)
+        return 130
+
+
+def _final_stage(best: Any, space: SearchSpace, tracker: Tracker, parent: str, name: str) -> int:
+    """The final stage on the sweep's pick; a failure there leaves the trials safe and says how to rerun it."""
+    try:
+        return finalize_sweep(best=best, space=space, tracker=tracker, parent_run_id=parent, sweep=name)
+    except Exception as exc:  # the trials are safe; only this stage has to run again
+        traceback.print_exc()
+        print(
+            f"\nerror: the final stage failed ({type(exc).__name__}: {exc}). The sweep's trials are "
+            f"complete and recorded; after fixing the cause run\n"
+            f"  python pipelines/finalize.py --run-id {parent}",
+            file=sys.stderr,
+        )
+        return 1
