@@ -4,14 +4,22 @@ Runs the same N trial configurations (the default search space's fixed settings,
 a log grid, FIFO scheduling so every trial trains to the end) three ways, one after the other
 in one process, and prints wall times side by side:
 
-* ``plain loop``   ``Trainer(cfg, data).fit()`` per configuration, torch limited to the trial's
-                   CPUs: the cost of the training itself;
+* ``plain loop``   ``Trainer(cfg, data).fit()`` per configuration, with the threads a trial gets
+                   (``configure_threads``: torch, OpenCV, OpenMP): the cost of the training itself;
 * ``tune, 1 at a time``   the product path (``hairseg_core.sweep.trial.run_trial`` through
                    ``tune.with_parameters`` / ``tune.with_resources``, MLflow child runs in a
                    sqlite store, a checkpoint reported every epoch), one trial at a time: the
                    ratio to the plain loop is Tune + MLflow + checkpoint overhead;
 * ``tune, parallel``   the same with as many concurrent trials as the CPUs allow: what a
                    sweep on this machine actually gets.
+
+Where the Tune path's extra time goes is printed after the table (one trial at a time): the start
+of ``tuner.fit()`` until the first trial runs (once per sweep: a worker process importing torch, Ray
+and MLflow, and Tune's setup), the first trial, and trials 2..N start to start against the same
+configurations in the plain loop (the per-trial cost once the worker is warm, ``reuse_actors``),
+with the epochs' own ``epoch_seconds`` beside it (training compute inside a Ray worker against the
+driver). The last line is JSON: ``tune_1x_vs_plain`` and ``tune_2x_vs_plain`` (whole walls) and
+``tune_1x_warm_vs_plain`` (trials 2..N).
 
 Dataset sharing, measured rather than assumed: the driver decodes the splits once
 (``load_trial_data``, timed); every trial records how many times it decoded data itself (a
@@ -27,6 +35,7 @@ decode time it replaces.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -42,7 +51,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
-import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from hairseg_core import train as train_module  # noqa: E402
@@ -50,7 +58,8 @@ from hairseg_core.config import load_search_space  # noqa: E402
 from hairseg_core.sweep.callbacks import MlflowStatusCallback  # noqa: E402
 from hairseg_core.sweep.trial import TrackingSettings, run_trial  # noqa: E402
 from hairseg_core.sweep.tuner import REUSE_ACTORS  # noqa: E402
-from hairseg_core.tracking import Tracker  # noqa: E402
+from hairseg_core.threads import configure_threads  # noqa: E402
+from hairseg_core.tracking import TAG_TRIAL, Tracker  # noqa: E402
 from hairseg_core.train import Trainer, TrialData, load_trial_data  # noqa: E402
 
 
@@ -81,6 +90,7 @@ def measured_trial(
             "zero_copy_arrays": sum(not a.flags.writeable for a in arrays),
             "arrays": len(arrays),
             "seconds": time.perf_counter() - started,
+            "ended_at": time.time(),  # wall clock: trials ran in other processes
         }
         Path(report_dir, f"{record['trial_id']}.json").write_text(json.dumps(record))
 
@@ -99,13 +109,24 @@ def trial_configs(n: int) -> list[float]:
     return [low * (high / low) ** (i / max(1, n - 1)) for i in range(n)]
 
 
-def plain_loop(fixed: dict[str, Any], lrs: list[float], data: TrialData, cpus: int) -> float:
-    torch.set_num_threads(cpus)
+def plain_loop(
+    fixed: dict[str, Any], lrs: list[float], data: TrialData, cpus: int
+) -> tuple[float, list[float], list[float]]:
+    """Wall seconds of the whole loop, of each configuration, and of each configuration's epochs.
+
+    Threads as a trial sets them (torch, OpenCV, OpenMP: ``configure_threads``): with OpenCV's default
+    pool the loop's augmentation would use both cores while the trial's uses one.
+    """
+    configure_threads(cpus)
     start = time.perf_counter()
+    each: list[float] = []
+    epoch_s: list[float] = []
     for lr in lrs:
-        for _ in Trainer({**fixed, "lr_head": lr}, data=data, cpus=cpus).fit():
-            pass
-    return time.perf_counter() - start
+        one = time.perf_counter()
+        epochs = [r["epoch_seconds"] for r in Trainer({**fixed, "lr_head": lr}, data=data, cpus=cpus).fit()]
+        each.append(time.perf_counter() - one)
+        epoch_s.append(sum(epochs))
+    return time.perf_counter() - start, each, epoch_s
 
 
 def tune_run(
@@ -138,6 +159,7 @@ def tune_run(
             verbose=0,
         ),
     )
+    started_at = time.time()
     start = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - start
@@ -145,7 +167,18 @@ def tune_run(
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed: {errors[0]}")
     records = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
-    return wall, records, len(tracker.trial_runs(sweep))
+    for record in records:
+        record["started_s"] = record["ended_at"] - record["seconds"] - started_at  # after tuner.fit() began
+    trial_runs = tracker.trial_runs(sweep)
+    epochs_s = {r.data.tags[TAG_TRIAL]: _epoch_seconds(tracker, r.info.run_id) for r in trial_runs}
+    for record in records:
+        record["epochs_s"] = epochs_s.get(record["trial_id"], float("nan"))
+    return wall, records, len(trial_runs)
+
+
+def _epoch_seconds(tracker: Tracker, run_id: str) -> float:
+    """The trial's training + precise BN + validation time, as its epochs logged it (``epoch_seconds``)."""
+    return sum(m.value for m in tracker.client.get_metric_history(run_id, "epoch_seconds"))
 
 
 def main() -> int:
@@ -188,15 +221,26 @@ def main() -> int:
         fetches = [ray.get(fetch_seconds.remote([ref])) for _ in range(5)]
         fetch_s = statistics.median(f[0] for f in fetches)
 
-        plain = plain_loop(fixed, lrs, data, args.cpus_per_trial) if args.trials else float("nan")
+        before = plain_loop(fixed, lrs, data, args.cpus_per_trial) if args.trials else (float("nan"), [], [])
         runs = {}
         for concurrency in sorted({1, parallel}) if args.trials else []:
             with tempfile.TemporaryDirectory(prefix="hairseg-overhead-") as tmp:
                 runs[concurrency] = tune_run(
                     fixed, lrs, data, args.cpus_per_trial, concurrency, Path(tmp), reuse=not args.no_reuse_actors
                 )
+        if args.trials:
+            after = plain_loop(fixed, lrs, data, args.cpus_per_trial)
     finally:
         ray.shutdown()
+    # The plain loop ran first and again last: this machine drifts by several per cent over minutes,
+    # so the baseline is the mean of the two, and the drift is printed.
+    if args.trials:
+        plain = (before[0] + after[0]) / 2
+        plain_each = [(a + b) / 2 for a, b in zip(before[1], after[1], strict=True)]
+        plain_epochs = [(a + b) / 2 for a, b in zip(before[2], after[2], strict=True)]
+        drift = after[0] / before[0]
+    else:
+        plain, plain_each, plain_epochs, drift = float("nan"), [], [], float("nan")
 
     print(
         f"\n{platform.processor() or platform.machine()}, {total_cpus} CPUs; {args.trials} trials x {args.epochs} "
@@ -205,7 +249,8 @@ def main() -> int:
     )
     if args.trials:
         print(f"{'run':<24}{'wall s':>9}{'per trial s':>13}{'x plain':>9}")
-        rows = {"plain loop": plain, **{f"tune, {c} at a time": runs[c][0] for c in runs}}
+        rows = {"plain loop (mean)": plain, "  first": before[0], "  last": after[0]}
+        rows.update({f"tune, {c} at a time": runs[c][0] for c in runs})
         for name, wall in rows.items():
             print(f"{name:<24}{wall:>9.1f}{wall / args.trials:>13.1f}{wall / plain:>9.2f}")
     print("\ndataset sharing")
@@ -223,6 +268,9 @@ def main() -> int:
         "epochs": args.epochs,
         "steps": args.steps,
         "plain_s": plain,
+        "plain_first_s": before[0] if args.trials else None,
+        "plain_last_s": after[0] if args.trials else None,
+        "plain_drift": drift,
         "decode_s": decode_s,
         "fetch_s": fetch_s,
         "data_mib": data_mb,
@@ -236,10 +284,45 @@ def main() -> int:
             f"all arrays zero-copy object-store views: {zero_copy}; MLflow child runs: {child_runs}"
         )
         figures[f"tune_c{concurrency}"] = {"wall_s": wall, "trials": records, "mlflow_child_runs": child_runs}
+    split: dict[str, float] = {}
+    if args.trials > 1:  # where the overhead goes, one trial at a time
+        wall1, records1 = runs[1][0], sorted(runs[1][1], key=lambda r: r["started_s"])
+        starts = [r["started_s"] for r in records1] + [wall1]
+        per_trial = [b - a for a, b in itertools.pairwise(starts)]  # a trial's start to the next one's
+        split = {
+            "first_trial_starts_s": starts[0],
+            "first_trial_s": per_trial[0],
+            "plain_first_s": plain_each[0],
+            "later_trial_s": statistics.mean(per_trial[1:]),
+            "plain_later_s": statistics.mean(plain_each[1:]),
+            "later_inside_s": statistics.mean(r["seconds"] for r in records1[1:]),
+            "later_epochs_s": statistics.mean(r["epochs_s"] for r in records1[1:]),
+            "plain_later_epochs_s": statistics.mean(plain_epochs[1:]),
+        }
+        steady = split["later_trial_s"] / split["plain_later_s"]
+        print("\nwhere the time goes, one trial at a time")
+        print(
+            f"  tuner.fit() to the first trial's start: {split['first_trial_starts_s']:.1f} s, once per sweep "
+            "(worker process, torch/Ray/MLflow import, Tune setup)"
+        )
+        print(f"  first trial: {split['first_trial_s']:.2f} s against {split['plain_first_s']:.2f} s in the plain loop")
+        print(
+            f"  trials 2..{args.trials}: {split['later_trial_s']:.2f} s each, start to start "
+            f"({split['later_inside_s']:.2f} s inside run_trial), against {split['plain_later_s']:.2f} s: "
+            f"x{steady:.3f} per trial once the worker is warm"
+        )
+        print(
+            f"  of which the epochs themselves (train, precise BN, validation; epoch_seconds): "
+            f"{split['later_epochs_s']:.2f} s in the trial, {split['plain_later_epochs_s']:.2f} s in the plain loop"
+        )
+        figures["per_trial_split"] = split
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     if args.trials:  # the last line: the ratios side by side, as JSON
-        print(json.dumps({f"tune_{c}x_vs_plain": round(runs[c][0] / plain, 3) for c in runs}))
+        ratios = {f"tune_{c}x_vs_plain": round(runs[c][0] / plain, 3) for c in runs}
+        if split:
+            ratios["tune_1x_warm_vs_plain"] = round(split["later_trial_s"] / split["plain_later_s"], 3)
+        print(json.dumps(ratios))
     return 0
 
 

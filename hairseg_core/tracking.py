@@ -52,6 +52,8 @@ TAG_TRIAL = "hairseg.trial_id"
 CHAMPION_ALIAS = "champion"
 TAG_SUPERSEDED_BY = "hairseg.superseded_by"
 TAG_SUPERSEDES = "hairseg.supersedes"
+#: On a deleted trial run: why no trial of the sweep continues it (see :meth:`Tracker.retire_orphan_trial_run`).
+TAG_ORPHANED = "hairseg.orphaned"
 #: The sweep run a trial run belongs to. Trial runs are top-level runs (see README "MLflow UI"): MLflow's
 #: runs table folds nested runs under a collapsed parent row and no saved view can unfold it.
 TAG_PARENT = "hairseg.parent_run_id"
@@ -74,11 +76,11 @@ _COPIED_MLFLOW_TAGS = {
     "mlflow.source.type",
     "mlflow.source.git.commit",
 }
-_EPOCH_IMAGE = re.compile(r"epoch(\d+)_")
+_EPOCH_IMAGE = re.compile(r"epoch(\d+)[_.]")
 
 
 def _epoch_of(artifact_path: str) -> int | None:
-    """The epoch of a ``predictions/epoch003_0.png`` artifact, else None."""
+    """The epoch of a ``predictions/epoch003.png`` (or older ``epoch003_0.png``) artifact, else None."""
     found = _EPOCH_IMAGE.search(artifact_path.rsplit("/", 1)[-1])
     return int(found.group(1)) if found else None
 
@@ -619,6 +621,19 @@ class Tracker:
         with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), "end superseded run")
         with_retries(lambda: self.client.delete_run(run_id), "delete superseded run")
         return new_id
+
+    def retire_orphan_trial_run(self, run_id: str, reason: str) -> None:
+        """Close and delete the run of a trial the sweep no longer has, saying why (tag ``hairseg.orphaned``).
+
+        A driver killed between a new trial's start and Tune's next save of its experiment state leaves
+        that trial's MLflow run behind, but the restored sweep has no such trial and never continues it.
+        Left RUNNING it would be an extra row in the runs table, counted by nothing; deleted like a
+        superseded run it is hidden from the UI and from searches (``MlflowClient.restore_run`` brings
+        it back).
+        """
+        self.set_tags(run_id, {TAG_ORPHANED: reason})
+        with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), "end orphaned run")
+        with_retries(lambda: self.client.delete_run(run_id), "delete orphaned run")
 
     def _copy_epoch_images(self, src: str, dst: str, keep_through: int) -> None:
         files = with_retries(lambda: self.client.list_artifacts(src, "predictions"), "list artifacts")

@@ -345,6 +345,7 @@ class Trainer:
         return scores
 
     @torch.no_grad()
+    @torch.no_grad()
     def predict_samples(self, n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(image uint8 RGB, mask, hair probability) for the first ``n`` validation images."""
         self.model.eval()

@@ -32,6 +32,18 @@ def prediction_panel(image: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> n
     return np.concatenate([image, gap, truth, gap, pred, gap, errors], axis=1)
 
 
+def stack_rows(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Panels one above the other with a white gap, padded to the widest (uint8 RGB)."""
+    width = max(p.shape[1] for p in panels)
+    rows: list[np.ndarray] = []
+    for i, panel in enumerate(panels):
+        if i:
+            rows.append(np.full((gap, width, 3), 255, dtype=np.uint8))
+        pad = np.full((panel.shape[0], width - panel.shape[1], 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([panel, pad], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
 def metrics_bar_figure(rows: list[dict], metrics: list[str], label_key: str, title: str):
     """Grouped bars of ``metrics`` per row (e.g. the post-processing table)."""
     import matplotlib  # deferred: matplotlib only when drawing a figure

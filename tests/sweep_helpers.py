@@ -502,7 +502,8 @@ def check_sweep_accounted(
     exactly one value for each epoch Tune saw, in order (1..n, n = ``hairseg.epochs_run``; no repeats
     from a restarted attempt), and the value MLflow holds for an epoch is the value Tune got, i.e. no
     reported epoch is missing from MLflow. Runs a restarted attempt superseded are deleted, and each
-    names a live successor.
+    names a live successor; the run of a trial that Tune's saved state never recorded (the driver died
+    just after the trial started) is deleted too, tagged ``hairseg.orphaned``, and no Tune trial has its id.
     """
     assert len(runs.parents) == 1, f"expected one parent run, got {[r.info.run_id for r in runs.parents]}"
     parent = runs.parents[0]
@@ -534,6 +535,11 @@ def check_sweep_accounted(
             )
     live = {r.info.run_id for r in runs.trials}
     for run in runs.superseded:
+        if "hairseg.orphaned" in run.data.tags:  # a trial the killed driver's saved state never recorded
+            orphan = run.data.tags["hairseg.trial_id"]
+            assert orphan not in results, f"run {run.info.run_id} retired as orphaned, but Tune has trial {orphan}"
+            assert run.info.status == "KILLED", f"orphaned run {run.info.run_id} is {run.info.status}"
+            continue
         successor = run.data.tags.get("hairseg.superseded_by")
         while successor is not None and successor not in live:  # superseded more than once
             successor = runs.client.get_run(successor).data.tags.get("hairseg.superseded_by")

@@ -203,6 +203,37 @@ def test_a_trial_measures_once_and_a_restored_attempt_reports_the_same(tmp_path:
     assert remeasured and other.input_size == 97, "other settings: measured again"
 
 
+def test_trials_of_one_architecture_share_a_measurement_in_their_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With reuse_actors a worker runs many trials: one network is measured once, another one anew."""
+    from sweep_helpers import tiny_train_config
+
+    from hairseg_core.sweep import trial as trial_module
+    from hairseg_core.train import Trainer
+
+    monkeypatch.setattr(trial_module, "_MEASURED", {})
+    calls: list[int] = []
+    real = trial_module.measure_model_cost
+
+    def counting(model: torch.nn.Module, size: int, **kwargs: object) -> object:
+        calls.append(size)
+        return real(model, size, **kwargs)
+
+    monkeypatch.setattr(trial_module, "measure_model_cost", counting)
+    settings = trial_module.LatencySettings(export_size=None, threads=1, repeats=20)
+    cfg = tiny_train_config(tmp_path)
+    first, new_first = trial_module._model_cost(Trainer(cfg), settings)
+    other_lr = Trainer(cfg.model_copy(update={"lr_head": cfg.lr_head * 3, "seed": cfg.seed + 1}))
+    second, new_second = trial_module._model_cost(other_lr, settings)
+    assert new_first and new_second, "each trial logs its cost on its own run"
+    assert second == first and len(calls) == 1, "same architecture: measured once"
+    assert other_lr.extra["model_cost"] == first.to_dict(), "and kept in the second trial's checkpoint"
+    wider = Trainer(cfg.model_copy(update={"aspp_channels": cfg.aspp_channels * 2}))
+    third, _ = trial_module._model_cost(wider, settings)
+    assert len(calls) == 2 and third.params_m > first.params_m, "another architecture: measured anew"
+
+
 # ----------------------------------------------------------------------------- sweeps on real Ray
 def _download_json(ws: Workspace, run_id: str, path: str) -> dict:
     local = mlflow.artifacts.download_artifacts(

@@ -77,7 +77,7 @@ def test_sweep_end_to_end(ws: Workspace) -> None:
     for trial_id, run in runs.by_trial().items():
         assert run.data.tags["hairseg.early_stopped"] == str(trial_id in stopped)
         assert run.data.params["lr_head"] == str(results[trial_id][0]["config"]["lr_head"])
-        assert "predictions/epoch001_0.png" in _artifact_paths(runs.client, run.info.run_id, "predictions")
+        assert "predictions/epoch001.png" in _artifact_paths(runs.client, run.info.run_id, "predictions")
 
     # Summary on the parent: the results table, best trial and Optuna plots.
     client, parent_id = runs.client, parent.info.run_id

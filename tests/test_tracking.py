@@ -113,6 +113,29 @@ def test_start_trial_reuses_the_trials_run(tracker: Tracker) -> None:
     assert {r.info.run_id for r in tracker.trial_runs("sweep-a")} == {first, other_trial}
 
 
+def test_the_sweep_end_retires_runs_of_trials_tune_never_recorded(tracker: Tracker) -> None:
+    """A trial started just before the driver died, unsaved in Tune's state: its run is closed, tagged, hidden."""
+    from types import SimpleNamespace
+
+    from hairseg_core.sweep.callbacks import MlflowStatusCallback
+    from hairseg_core.sweep.trial import TrackingSettings
+
+    parent = tracker.start_sweep("sweep-o", {"name": "t", "num_samples": 2, "params": {}})
+    kept = tracker.start_trial("sweep-o", parent, "t1", "trial_t1", {})
+    orphan = tracker.start_trial("sweep-o", parent, "t2", "trial_t2", {})
+    other_sweep = tracker.start_trial("sweep-p", parent, "t9", "trial_t9", {})
+    callback = MlflowStatusCallback(TrackingSettings(tracker.tracking_uri, tracker.experiment, "sweep-o", parent), 3)
+    # Tune passes its Trial objects; the callback reads only their ids.
+    callback.on_experiment_end(trials=[SimpleNamespace(trial_id="t1")])
+
+    assert {r.info.run_id for r in tracker.trial_runs("sweep-o")} == {kept}
+    gone = tracker.client.get_run(orphan)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert "Tune's saved state did not record" in gone.data.tags["hairseg.orphaned"]
+    assert tracker.client.get_run(kept).info.status == "RUNNING", "a known trial's run is the driver's to close"
+    assert tracker.client.get_run(other_sweep).info.lifecycle_stage == "active", "another sweep's trials untouched"
+
+
 def test_start_sweep_reopens_the_parent_run(tracker: Tracker) -> None:
     space = {
         "name": "t",

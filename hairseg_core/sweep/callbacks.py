@@ -7,7 +7,7 @@ from typing import Any
 from ray.tune import Callback
 
 from hairseg_core.sweep.trial import TrackingSettings
-from hairseg_core.tracking import Tracker
+from hairseg_core.tracking import TAG_TRIAL, Tracker
 
 
 class MlflowStatusCallback(Callback):
@@ -50,6 +50,18 @@ class MlflowStatusCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Retire the runs of trials this sweep does not have (started just before a driver died, unsaved)."""
+        known = {trial.trial_id for trial in trials}
+        for run in self.tracker.trial_runs(self.tracking.sweep):
+            trial_id = run.data.tags.get(TAG_TRIAL)
+            if trial_id not in known:
+                self.tracker.retire_orphan_trial_run(
+                    run.info.run_id,
+                    f"trial {trial_id} started before the driver stopped, and Tune's saved state did not record "
+                    "it yet: the resumed sweep does not have this trial and did not continue it",
+                )
 
     def __getstate__(self) -> dict[str, Any]:  # the MLflow client is not picklable; rebuild lazily
         return {**self.__dict__, "_tracker": None}
