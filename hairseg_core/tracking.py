@@ -617,9 +617,7 @@ class Tracker:
             chunk = [Metric(m.key, m.value, m.timestamp, m.step) for m in metrics[i : i + 500]]
             with_retries(lambda chunk=chunk: self.client.log_batch(new_id, metrics=chunk), "copy metrics")
         self._copy_epoch_images(run_id, new_id, keep_through)
-        self.set_tags(run_id, {TAG_SUPERSEDED_BY: new_id})
-        with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), "end superseded run")
-        with_retries(lambda: self.client.delete_run(run_id), "delete superseded run")
+        self._retire_run(run_id, {TAG_SUPERSEDED_BY: new_id}, "superseded")
         return new_id
 
     def retire_orphan_trial_run(self, run_id: str, reason: str) -> None:
@@ -631,9 +629,13 @@ class Tracker:
         superseded run it is hidden from the UI and from searches (``MlflowClient.restore_run`` brings
         it back).
         """
-        self.set_tags(run_id, {TAG_ORPHANED: reason})
-        with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), "end orphaned run")
-        with_retries(lambda: self.client.delete_run(run_id), "delete orphaned run")
+        self._retire_run(run_id, {TAG_ORPHANED: reason}, "orphaned")
+
+    def _retire_run(self, run_id: str, tags: Mapping[str, Any], what: str) -> None:
+        """Tag a trial run with why it is retired, close it KILLED and delete it (hidden, restorable)."""
+        self.set_tags(run_id, tags)
+        with_retries(lambda: self.client.set_terminated(run_id, status="KILLED"), f"end {what} run")
+        with_retries(lambda: self.client.delete_run(run_id), f"delete {what} run")
 
     def _copy_epoch_images(self, src: str, dst: str, keep_through: int) -> None:
         files = with_retries(lambda: self.client.list_artifacts(src, "predictions"), "list artifacts")
