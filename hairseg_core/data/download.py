@@ -88,7 +88,8 @@ class RemoteFile:
 _LFW = "http://vis-www.cs.umass.edu/lfw"
 # The Internet Archive's copy of the original host (which stopped resolving in 2026): `id_` asks for the
 # archived bytes as they were served, without the Wayback page around them; a partial timestamp redirects
-# to the capture nearest to it.
+# to the capture nearest to it. That every file below was captured could not be checked from the project's
+# offline machines: a missing capture answers 404 and the next source is tried.
 _LFW_ARCHIVED = f"https://web.archive.org/web/2019id_/{_LFW}"
 SOURCES: dict[str, tuple[RemoteFile, ...]] = {
     # LFW Part Labels (vis-www.cs.umass.edu/lfw/part_labels/). lfw-funneled.tgz: scikit-learn's figshare copy
