@@ -86,7 +86,7 @@ class RemoteFile:
 
 
 _LFW = "http://vis-www.cs.umass.edu/lfw"
-# The Internet Archive's copy of the original host (which stopped resolving in 2026): `id_` asks for the
+# The Internet Archive's copy of the original host (which no longer resolves): `id_` asks for the
 # archived bytes as they were served, without the Wayback page around them; a partial timestamp redirects
 # to the capture nearest to it. That every file below was captured could not be checked from the project's
 # offline machines: a missing capture answers 404 and the next source is tried.
