@@ -393,9 +393,13 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_training_format(state, "<state>")
-        if state["train_config"] != self.cfg.model_dump():
+        # a setting added to TrainConfig after the checkpoint was written (e.g. cudnn_benchmark) is its default
+        current = self.cfg.model_dump()
+        fields = TrainConfig.model_fields
+        current = {k: v for k, v in current.items() if k in state["train_config"] or v != fields[k].default}
+        if state["train_config"] != current:
             changed = sorted(
-                k for k in state["train_config"] if state["train_config"][k] != self.cfg.model_dump().get(k)
+                k for k in {*state["train_config"], *current} if state["train_config"].get(k) != current.get(k)
             )
             raise CheckpointError(f"checkpoint was made with different settings: {changed}")
         self.model.load_state_dict(state["model_state"])
