@@ -150,9 +150,12 @@ class TrainConfig(_Strict):
     # runtime
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    # GPU step settings; "auto" times each combination on the GPU once per configuration and sweep
+    # (hairseg_core/gpu_settings.py). On a CPU AMP is always off and "auto" means off.
+    amp: bool | Literal["auto"] = True
     num_workers: Annotated[int, Field(ge=0)] | None = None
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = False
+    cudnn_benchmark: bool | Literal["auto"] = False
 
     @field_validator("backbone")
     @classmethod
@@ -370,6 +373,8 @@ class ResourcesSpec(_Strict):
 
     cpu: Annotated[float, Field(gt=0)] = 1
     gpu: Annotated[float, Field(ge=0)] = 0
+    # memory of the cluster's GPUs when the driver cannot see it (hairseg_core/gpu_plan.py's memory guard)
+    gpu_memory_gib: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("gpu")
     @classmethod

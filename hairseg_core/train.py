@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from hairseg_core.data import build_dataset
 from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
 from hairseg_core.data.mixup import mixup_batch
 from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
+from hairseg_core.gpu_settings import GpuSettings, resolve_gpu_settings
 from hairseg_core.losses import build_loss, mixed_loss
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.models import build_model, param_groups
@@ -143,21 +144,29 @@ class Trainer:
         cpus: int | None = None,
         progress: bool = False,
         load_pretrained: bool = True,
+        gpu_settings: GpuSettings | None = None,
     ) -> None:
         """``load_pretrained=False`` builds the network without reading its pretrained file: for a
         trainer about to load a checkpoint, whose weights replace them anyway (a trial restored on
-        another node then needs no weights file there)."""
+        another node then needs no weights file there). ``gpu_settings``: AMP / channels-last / cudnn
+        benchmark already resolved (the Tune trial resolves ``auto`` through the sweep's cache); None
+        resolves them here (:func:`hairseg_core.gpu_settings.resolve_gpu_settings`; on a CPU: AMP off)."""
         self.cfg = config if isinstance(config, TrainConfig) else train_config_from_dict(config)
         cfg = self.cfg
         self.progress = progress
-        seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.amp = cfg.amp and self.device.type == "cuda"
+        # before seeding: an ``auto`` probe trains a throw-away network, which must not shift the RNG
+        self.gpu_settings = gpu_settings or resolve_gpu_settings(cfg, self.device)
+        seed_everything(cfg.seed)
+        self.amp = self.gpu_settings.amp and self.device.type == "cuda"
+        self.channels_last = self.gpu_settings.channels_last
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.gpu_settings.cudnn_benchmark
         self.data = data if data is not None else load_trial_data(cfg, progress=progress)
 
         model_kwargs = cfg.model_kwargs if load_pretrained else {**cfg.model_kwargs, "pretrained": "none"}
         self.model = build_model(**model_kwargs).to(self.device)
-        if cfg.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
         if cfg.optimizer == "sgd":
@@ -246,7 +255,7 @@ class Trainer:
             images = batch["image"].to(self.device, non_blocking=True)
             masks = batch["mask"].to(self.device, non_blocking=True)
             images, y_a, y_b, lam = mixup_batch(images, masks, cfg.effective_mixup_alpha, generator=mix_rng)
-            if cfg.channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 logits = self.model(images)
@@ -289,7 +298,7 @@ class Trainer:
         def images() -> Iterator[torch.Tensor]:
             for batch in self.bn_loader:
                 x = batch["image"].to(self.device)
-                yield x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+                yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
         def forward(x: torch.Tensor) -> object:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -319,7 +328,7 @@ class Trainer:
             for batch in loader:
                 images = batch["image"].to(self.device)
                 masks = batch["mask"].to(self.device)
-                if self.cfg.channels_last:
+                if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                     logits = self.model(images)
@@ -379,13 +388,18 @@ class Trainer:
             "rng": rng,
             "history": list(self.history),
             "extra": dict(self.extra),
+            "gpu_settings": self.gpu_settings.to_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_training_format(state, "<state>")
-        if state["train_config"] != self.cfg.model_dump():
+        # a setting added to TrainConfig after the checkpoint was written (e.g. cudnn_benchmark) is its default
+        current = self.cfg.model_dump()
+        fields = TrainConfig.model_fields
+        current = {k: v for k, v in current.items() if k in state["train_config"] or v != fields[k].default}
+        if state["train_config"] != current:
             changed = sorted(
-                k for k in state["train_config"] if state["train_config"][k] != self.cfg.model_dump().get(k)
+                k for k in {*state["train_config"], *current} if state["train_config"].get(k) != current.get(k)
             )
             raise CheckpointError(f"checkpoint was made with different settings: {changed}")
         self.model.load_state_dict(state["model_state"])
@@ -417,7 +431,16 @@ class Trainer:
         cls, path: str | Path, data: TrialData | None = None, cpus: int | None = None, progress: bool = False
     ) -> Trainer:
         state = load_checkpoint(path)
-        trainer = cls(state["train_config"], data=data, cpus=cpus, progress=progress, load_pretrained=False)
+        # A restored run keeps the settings it trained with (its GradScaler state matches its AMP), on the same
+        # kind of device; elsewhere (a GPU run restored on a CPU) they are resolved for the new device.
+        stored = state.get("gpu_settings")
+        device = resolve_device(train_config_from_dict(state["train_config"]).device)
+        settings = None
+        if stored and (stored.get("device", "cpu") == "cpu") == (device.type != "cuda"):
+            settings = replace(GpuSettings.from_dict(stored), source="checkpoint")
+        trainer = cls(
+            state["train_config"], data=data, cpus=cpus, progress=progress, load_pretrained=False, gpu_settings=settings
+        )
         trainer.load_state_dict(state)
         return trainer
 

@@ -23,7 +23,8 @@ if str(REPO) not in sys.path:  # run from a clone without installing: python pip
     sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
-    from hairseg_core.sweep.driver import SweepRequest
+    from hairseg_core.gpu_plan import ClusterView, NodeShape
+    from hairseg_core.sweep.driver import PreparedSweep, SweepRequest
 
 DEFAULT_SPACE = str(REPO / "search_spaces" / "default.yaml")
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-finalize", action="store_true", help="skip CRF/matting evaluation, export, promotion")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     p.add_argument("--quiet", action="store_true", help="less Ray output")
+    p.add_argument(
+        "--cluster-config",
+        help="the cluster's `ray up` YAML or KubeRay RayJob: the GPU node types its autoscaler can add, for the "
+        "GPU check and the cost estimate before Tune starts (default on a `ray up` head: "
+        "~/ray_bootstrap_config.yaml; else what Ray's autoscaler reports)",
+    )
     return p
 
 
@@ -89,9 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     for name in ("hairseg", "hairseg_core"):
         logging.getLogger(name).setLevel(logging.INFO)
+    from hairseg_core.gpu_plan import ClusterConfigUnreadable, node_types_from_file
     from hairseg_core.sweep.driver import prepare_sweep, run_sweep  # deferred: torch and Ray, as in parse_args
+    from hairseg_core.sweep.gpu_preflight import check_cluster, this_machine
 
-    sweep = prepare_sweep(parse_args(argv))  # everything that can be checked without Ray, first
+    cluster_config = build_parser().parse_args(argv).cluster_config
+    try:
+        node_types = node_types_from_file(cluster_config) if cluster_config else None
+    except ClusterConfigUnreadable as exc:
+        print(f"error: --cluster-config: {exc}", file=sys.stderr)
+        return 2
+
+    def before_inputs(sweep: PreparedSweep) -> int | None:
+        """A local Ray is this machine: whether torch can use a GPU here is known without Ray, so a space
+        asking for GPUs on a laptop fails in seconds, before the weights and the data are read."""
+        if sweep.address != "local":
+            return None
+        return check_cluster(sweep, this_machine(sweep.request.num_cpus), estimate=False)
+
+    sweep = prepare_sweep(parse_args(argv), check_cluster=before_inputs)  # everything checkable without Ray
     if isinstance(sweep, int):
         return sweep
     import ray  # this entry point owns the Ray connection; the library never calls ray.init
@@ -100,9 +123,62 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(**sweep.ray_init_kwargs())
     try:
+        # What the cluster has (and its autoscaler could add) against what the space asks, before Tune:
+        # Tune would otherwise wait for ever for resources no node has.
+        status = check_cluster(sweep, cluster_view(sweep.address, node_types, cluster_config))
+        if status:
+            return status
         return run_sweep(sweep)
     finally:
         ray.shutdown()
+
+
+def cluster_view(address: str, node_types: list[NodeShape] | None, cluster_config: str | None) -> ClusterView:
+    """What the connected Ray cluster has and could add, and what torch can use on this node.
+
+    The node types an autoscaler can add come from, in order: ``--cluster-config``; on a `ray up` head, the
+    autoscaler's own copy of the cluster YAML (``~/ray_bootstrap_config.yaml``); else the ceiling Ray's
+    autoscaler reports to the GCS (``ray._private.state.state.get_max_resources_from_cluster_config``: a
+    private API, the one Ray Train uses for the same check; KubeRay and autoscaler v2 report it). None of
+    them: the live nodes are the whole cluster.
+    """
+    import ray
+
+    from hairseg_core.gpu_plan import (
+        ClusterConfigUnreadable,
+        ClusterView,
+        live_nodes,
+        node_types_from_file,
+        node_types_from_max_resources,
+        torch_gpus,
+    )
+
+    types, source = list(node_types or []), cluster_config
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if node_types is None and address != "local" and bootstrap.is_file():
+        try:
+            types, source = node_types_from_file(bootstrap), str(bootstrap)
+        except ClusterConfigUnreadable:
+            types, source = [], None
+    if not types and node_types is None and address != "local":
+        try:
+            from ray._private.state import state  # private: see the docstring
+
+            types = node_types_from_max_resources(state.get_max_resources_from_cluster_config())
+            source = "Ray's autoscaler" if types else None
+        except Exception:  # not reported, or the private API moved: the live nodes are what is known
+            types, source = [], None
+    gpus, name, memory, problem = torch_gpus()
+    return ClusterView(
+        address=address,
+        nodes=live_nodes(ray.nodes()),
+        node_types=tuple(types),
+        node_types_source=source,
+        torch_gpus=gpus,
+        torch_gpu_name=name,
+        torch_gpu_memory_gib=memory,
+        torch_problem=problem,
+    )
 
 
 if __name__ == "__main__":

@@ -97,6 +97,15 @@ def test_sweep_end_to_end(ws: Workspace) -> None:
     for plot in ("param_importances", "parallel_coordinate"):  # drawn, or the reason it was not
         assert {f"plots/{plot}.png", f"plots/{plot}.txt"} & artifacts
 
+    # The cost up front and beside what it took (a CPU run: the workload, no GPU-hours), on the parent run;
+    # each trial run records the AMP / channels-last / cudnn settings it trained with.
+    assert "cost estimate (CPU run)" in sweep.stdout and "cost: the sweep took" in sweep.stdout, sweep.stdout
+    assert parent.data.metrics["estimate_train_images_upper"] == NUM_SAMPLES * EPOCHS * 3 * 4  # 3 steps of 4
+    assert parent.data.metrics["actual_wall_hours"] > 0 and parent.data.tags["hairseg.estimate.cpu_run"] == "true"
+    assert "cost/estimate.txt" in artifacts
+    for run in runs.by_trial().values():
+        assert run.data.tags["hairseg.gpu_settings_source"] == "cpu" and run.data.tags["hairseg.amp"] == "false"
+
     # Every trial ended: --resume of this sweep has nothing to do (and says so, before Ray starts).
     again = ws.run(["--resume", "--run-name", ws.sweep_dir().name, "--quiet"], timeout=120, log_name="again")
     assert again.proc.returncode == 0, again.describe()

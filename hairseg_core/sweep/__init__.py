@@ -9,6 +9,7 @@
 - ``tuner``: the ``tune.Tuner`` of a sweep, new or restored.
 - ``state``: the sweep manifest, storage paths, and the sweep ``--resume`` continues.
 - ``preflight``: everything checked before Ray starts (Ray address, weights, data, test split).
+- ``gpu_preflight``: the GPU placement check, GPU memory guard and cost estimate before Tune starts.
 - ``results``: progress, best trial, Pareto front and trial table from Tune's results.
 - ``summary``: what a sweep prints when Tune returns (trial table, errors, front, resume command).
 - ``driver``: a whole sweep, what ``pipelines/sweep.py`` runs: checks, Tune, summary, final stage.

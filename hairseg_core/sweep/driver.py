@@ -14,10 +14,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hairseg_core.config import ConfigError, SearchSpace, load_search_space
+from hairseg_core.cost_estimate import log_estimate, report_actual_cost
 from hairseg_core.data.fingerprint import fingerprint_config
 from hairseg_core.final_stage import finalize_sweep
 from hairseg_core.overrides import parse_set
@@ -72,6 +74,8 @@ class PreparedSweep:
     address: str
     weights: dict[str, bytes]
     data: TrialData | None
+    #: the cost estimate the cluster check made (``hairseg_core.cost_estimate``), logged on the parent run
+    plan: Any = None
 
     @property
     def space_file(self) -> str:
@@ -88,8 +92,13 @@ class PreparedSweep:
         }
 
 
-def prepare_sweep(request: SweepRequest) -> PreparedSweep | int:
-    """Everything that can be checked without Ray, first; an exit status (after the message) on failure."""
+def prepare_sweep(
+    request: SweepRequest, check_cluster: Callable[[PreparedSweep], int | None] | None = None
+) -> PreparedSweep | int:
+    """Everything that can be checked without Ray, first; an exit status (after the message) on failure.
+
+    ``check_cluster`` (the entry point's) runs after the cheap checks and before the weights and the data:
+    a space asking for GPUs this machine cannot give fails in seconds; a status it returns ends the sweep."""
     storage = state.normalize_storage_path(request.storage)
     overrides: dict[str, Any] = {"num_samples": request.num_samples, "max_concurrent_trials": request.max_concurrent}
     try:
@@ -136,12 +145,16 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep | int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    sweep = PreparedSweep(request, space, experiment, name, storage, tracking_uri, address, {}, None)
+    if check_cluster is not None and (status := check_cluster(sweep)):
+        return status
     try:
         inputs = check_trial_inputs(space, finalize=request.finalize)
     except PreflightError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return PreparedSweep(request, space, experiment, name, storage, tracking_uri, address, inputs.weights, inputs.data)
+    sweep.weights, sweep.data = inputs.weights, inputs.data
+    return sweep
 
 
 def run_sweep(sweep: PreparedSweep) -> int:
@@ -162,6 +175,8 @@ def run_sweep(sweep: PreparedSweep) -> int:
         view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
         view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
         print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
+        if sweep.plan is not None:
+            log_estimate(tracker, parent, sweep.plan)
         settings = SweepSettings(
             experiment=sweep.experiment,
             storage_path=storage,
@@ -173,6 +188,8 @@ def run_sweep(sweep: PreparedSweep) -> int:
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started
+        if sweep.plan is not None:
+            report_actual_cost(tracker, parent, sweep.plan, results, elapsed, space.resources.gpu)
         progress = sweep_results.sweep_progress(results, space.num_samples)
         if progress.unfinished:
             # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the

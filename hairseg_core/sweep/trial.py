@@ -25,6 +25,7 @@ from ray.tune import Checkpoint
 from hairseg_core.artifact import CHECKPOINT_FILE
 from hairseg_core.config import SearchSpace, TrainConfig
 from hairseg_core.data.fingerprint import fingerprint_config
+from hairseg_core.gpu_settings import SettingsCache, resolve_gpu_settings
 from hairseg_core.latency import MIN_REPEATS, ModelCost, describe_machine, measure_model_cost
 from hairseg_core.sweep.checkpoints import RestoreFromSurvivingCheckpoint
 from hairseg_core.sweep.fail_once import fail_once
@@ -32,7 +33,7 @@ from hairseg_core.sweep.space import sampled_settings
 from hairseg_core.sweep.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
-from hairseg_core.train import Trainer, TrialData
+from hairseg_core.train import Trainer, TrialData, resolve_device
 from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.visualize import prediction_panel, stack_rows
 
@@ -82,6 +83,7 @@ def run_trial(
     data: TrialData | None = None,
     weights: WeightsFiles | None = None,
     latency: LatencySettings | None = None,
+    gpu_cache: str | None = None,
 ) -> None:
     """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch.
 
@@ -89,14 +91,15 @@ def run_trial(
     they depend on the architecture alone and go into every epoch's result, so each result Tune,
     Optuna and ASHA see holds every objective. An error that would repeat on every attempt (see
     :mod:`hairseg_core.trial_errors`) ends the trial at once, recorded on its MLflow run; anything
-    else is left to Tune's ``max_failures``.
+    else is left to Tune's ``max_failures``. ``gpu_cache``: the sweep's folder of GPU-settings choices
+    (:class:`hairseg_core.gpu_settings.SettingsCache`) for ``auto`` AMP / channels-last / cudnn benchmark.
     """
     # One "Checkpoint successfully created" line per epoch per trial drowns Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     try:
-        _train_trial(config, fixed, tracking, data, weights, latency or LatencySettings())
+        _train_trial(config, fixed, tracking, data, weights, latency or LatencySettings(), gpu_cache)
     except Exception as exc:
         if not is_deterministic(exc):
             raise
@@ -124,6 +127,7 @@ def _train_trial(
     data: TrialData | None,
     weights: WeightsFiles | None,
     latency: LatencySettings,
+    gpu_cache: str | None = None,
 ) -> None:
     sampled = sampled_settings(config)
     cfg = TrainConfig(**{**fixed, **sampled})
@@ -139,7 +143,9 @@ def _train_trial(
         with checkpoint.as_directory() as ckpt_dir:
             trainer = Trainer.from_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, data=data, cpus=cpus)
     else:
-        trainer = Trainer(cfg, data=data, cpus=cpus)
+        cache = SettingsCache(gpu_cache) if gpu_cache else None
+        gpu_settings = resolve_gpu_settings(cfg, resolve_device(cfg.device), cache)
+        trainer = Trainer(cfg, data=data, cpus=cpus, gpu_settings=gpu_settings)
     cost, measured = _model_cost(trainer, latency)
 
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
@@ -185,6 +191,7 @@ def _train_trial(
             "hairseg.node_id": ray.get_runtime_context().get_node_id(),
             "hairseg.node_ip": ray.util.get_node_ip_address(),
             "hairseg.restored_from_epoch": trainer.epoch,
+            **trainer.gpu_settings.tags(),  # AMP / channels-last / cudnn benchmark used, and why
         },
     )
     if measured:  # a restored attempt reports the first attempt's measurement, already logged

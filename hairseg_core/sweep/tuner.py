@@ -16,6 +16,10 @@ from hairseg_core.sweep.trial import LatencySettings, TrackingSettings, run_tria
 from hairseg_core.sweep.weights import WeightsFiles
 from hairseg_core.train import TrialData
 
+#: The sweep's GPU-settings choices (``auto`` AMP / channels-last / cudnn benchmark), beside Tune's state: one
+#: probe per GPU model and configuration for the whole sweep, on any node, and kept across ``--resume``.
+GPU_SETTINGS_DIR = "gpu_settings"
+
 #: Keep a trial's worker process for the next trial on the same resources (Tune's ``reuse_actors``):
 #: a new trial then skips the process start and the torch/Ray imports (benchmarks/README.md, "Sweep
 #: overhead"). Safe here because a trial keeps no state in its process between trials: the trainer,
@@ -57,6 +61,7 @@ def build_tuner(
         data=data,
         weights=dict(weights or {}),
         latency=LatencySettings.from_space(space),
+        gpu_cache=sweep_dir(settings.storage_path, settings.name) + "/" + GPU_SETTINGS_DIR,
     )
     trainable = tune.with_resources(trainable, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [
