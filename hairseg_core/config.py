@@ -379,6 +379,22 @@ class ResourcesSpec(_Strict):
         return value
 
 
+class DataSettings(_Strict):
+    """The ``data:`` block of a search space: how trials get their training and validation data.
+
+    ``input``: ``auto`` holds the decoded data in memory (one copy per node, in Ray's object store) when
+    it fits ``memory_budget_gib``, else streams it from a memory-mapped cache on each node's local disk
+    (``cache_dir``; default ``$HAIRSEG_DATA_CACHE`` or ``~/.cache/hairseg/data``). ``memory`` / ``stream``
+    force a path. See :mod:`hairseg_core.data.input_path`; the choice never changes what a trial learns.
+    ``cache_workers``: decode threads when a node builds its cache (default: the CPUs the process may use).
+    """
+
+    input: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gib: Annotated[float, Field(gt=0)] = 2.0
+    cache_dir: str | None = None
+    cache_workers: Annotated[int, Field(ge=1)] | None = None
+
+
 class FinalizeSettings(_Strict):
     """The ``finalize:`` block of a search space."""
 
@@ -442,6 +458,7 @@ class SearchSpace(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_failures: Annotated[int, Field(ge=0)] = 2
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+    data: DataSettings = Field(default_factory=DataSettings)
     finalize: FinalizeSettings = Field(default_factory=FinalizeSettings)
 
     def _check_points_to_evaluate(self) -> None:
@@ -689,6 +706,9 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
     fixed = raw.get("fixed")
     if isinstance(fixed, dict):
         _absolute_roots(fixed)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("cache_dir"), str):
+        data["cache_dir"] = _absolute(data["cache_dir"])
     return search_space_from_dict(raw, source=str(path))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from hairseg_core.config import ConfigError, SearchSpace, load_search_space
 from hairseg_core.data.fingerprint import fingerprint_config
+from hairseg_core.data.input_path import InputPlan
 from hairseg_core.final_stage import finalize_sweep
 from hairseg_core.overrides import parse_set
 from hairseg_core.sweep import state
@@ -72,6 +73,7 @@ class PreparedSweep:
     address: str
     weights: dict[str, bytes]
     data: TrialData | None
+    plan: InputPlan | None = None
 
     @property
     def space_file(self) -> str:
@@ -141,12 +143,17 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep | int:
     except PreflightError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return PreparedSweep(request, space, experiment, name, storage, tracking_uri, address, inputs.weights, inputs.data)
+    if inputs.plan is not None:
+        print(inputs.plan.describe())
+    return PreparedSweep(
+        request, space, experiment, name, storage, tracking_uri, address, inputs.weights, inputs.data, inputs.plan
+    )
 
 
 def run_sweep(sweep: PreparedSweep) -> int:
     """Record, run (or resume) and summarise the sweep, then its final stage; Ray must be connected."""
     from hairseg_core.sweep import results as sweep_results  # deferred: Optuna
+    from hairseg_core.sweep.shared_data import share_in_object_store  # deferred: Ray
     from hairseg_core.sweep.summary import print_errors, print_summary, report_front, resume_hint  # deferred: Optuna
     from hairseg_core.sweep.tuner import SweepSettings, build_tuner  # deferred: Optuna
 
@@ -159,6 +166,8 @@ def run_sweep(sweep: PreparedSweep) -> int:
             state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file)
             if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
                 tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
+        if sweep.plan is not None:
+            tracker.set_tags(parent, sweep.plan.tags())
         view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
         view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
         print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
@@ -169,7 +178,11 @@ def run_sweep(sweep: PreparedSweep) -> int:
             name=name,
             verbose=0 if request.quiet else 1,
         )
-        tuner = build_tuner(space, settings, parent, resume=request.resume, data=sweep.data, weights=sweep.weights)
+        data = sweep.data
+        if data is not None and sweep.plan is not None and sweep.plan.mode == "memory":
+            data = share_in_object_store(data)  # one copy per node, read zero-copy by every trial there
+        tuner = build_tuner(space, settings, parent, resume=request.resume, data=data, weights=sweep.weights)
+        del data
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started

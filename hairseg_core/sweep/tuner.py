@@ -55,6 +55,7 @@ def build_tuner(
         fixed=dict(space.fixed),
         tracking=tracking,
         data=data,
+        data_settings=space.data,
         weights=dict(weights or {}),
         latency=LatencySettings.from_space(space),
     )
