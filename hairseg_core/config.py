@@ -722,7 +722,9 @@ def _absolute_roots(settings: dict[str, Any]) -> None:
 
 
 def _absolute(path: str) -> str:
-    """Relative data paths are relative to where the command runs; trials run elsewhere."""
+    """Relative data paths are relative to where the command runs; trials run elsewhere. URIs stay as given."""
+    if "://" in path:  # object storage (s3://, gs://, file://): hairseg_core.data.remote stages it per node
+        return path
     return str(Path(path).expanduser().resolve())
 
 

@@ -105,12 +105,12 @@ def load_trial_data(
     the memory budget the splits are decoded into memory, above it they stream from a node cache.
     """
     settings = settings or DataSettings()
-    store = needed_short_side([cfg])
     budget = int(settings.memory_budget_gib * 2**30)
     mode = settings.input
     if mode == "auto":
-        mode = choose_mode("auto", estimate_decoded_bytes(cfg, store), budget)
+        mode = choose_mode("auto", estimate_decoded_bytes(cfg), budget)
     if mode == "stream":
+        store = needed_short_side([cfg])
         cached = cache_sources(cfg, settings.cache_dir, store, workers=workers, progress=progress)
         return TrialData.from_parts(cached["train"], cached["val"])
     sources = cfg.data_sources

@@ -229,3 +229,32 @@ def test_streamed_multi_source_data_keeps_per_source_validation(tmp_path: Path) 
     assert len(data.train) == 11 and data.train.names[6] == "b/train000"
     result = Trainer(cfg, data=data).run_epoch()
     assert 0.0 <= result["val_a_miou"] <= 1.0 and 0.0 <= result["val_b_miou"] <= 1.0
+
+
+def test_data_root_in_object_storage_is_staged_per_node(tmp_path: Path) -> None:
+    """A ``scheme://`` root goes through pyarrow's filesystem (here ``file://``; ``s3://`` / ``gs://`` alike)."""
+    from hairseg_core.config import DataSource
+    from hairseg_core.data.input_path import source_dataset
+    from hairseg_core.data.remote import staged_folder
+
+    bucket = _folder(tmp_path, train=3, val=2)
+    uri = bucket.as_uri()
+    source = DataSource(name="remote", dataset="folder", data_root=uri)
+    cache = tmp_path / "cache"
+    dataset = source_dataset(source, "train", cache_dir=str(cache))
+    local = staged_folder(uri, cache)
+    assert Path(dataset.samples[0].image).is_relative_to(local) and len(dataset) == 3
+    np.testing.assert_array_equal(dataset.load_raw(1)[0], build_dataset("folder", "train", root=bucket).load_raw(1)[0])
+    # a file removed from the bucket leaves the staged copy too; unchanged files are not copied again
+    kept = local / "train" / "images" / "train000.png"
+    before = kept.stat().st_mtime_ns
+    for part in ("images", "masks"):
+        (bucket / "train" / part / "train002.png").unlink()
+    assert len(source_dataset(source, "train", cache_dir=str(cache))) == 2
+    assert kept.stat().st_mtime_ns == before
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError, match="empty: cannot list the data root"):
+        source_dataset(DataSource(name="x", dataset="folder", data_root=empty.as_uri()), "train", cache_dir=str(cache))
+    empty.mkdir()
+    with pytest.raises(DataError, match="no files under this data root"):
+        source_dataset(DataSource(name="x", dataset="folder", data_root=empty.as_uri()), "train", cache_dir=str(cache))

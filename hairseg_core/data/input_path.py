@@ -11,9 +11,12 @@ Two paths, chosen by the decoded size against a memory budget (``data:`` in a se
   samples from it as they train; the bytes sit in the kernel's page cache, shared and reclaimable, so
   used memory does not grow with the data set.
 
-Both give a trial the same pixels for the same index (the cache only shrinks images far larger than any
-trial reads), so the path cannot change what is learnt; ``benchmarks/README.md`` ("Input pipeline")
-has the measurements behind the choice and the alternatives tried.
+The memory path keeps every image at its own resolution, exactly as decoded. The streaming path's cache
+also does, except for images more than twice as large (short side) as any trial reads, which it stores at
+twice that size (INTER_AREA): a 4000×3000 photo would otherwise cost 36 MB of disk and a large resize per
+epoch. Where nothing is that large (celeb1k, Figaro-1k, CelebAMask-HQ at its 512² mask size for
+``base_size`` ≥ 256) both paths give a trial bit-identical pixels for the same index, and what it learns is
+identical; ``benchmarks/README.md`` ("Input pipeline") measures the rest and the alternatives tried.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from hairseg_core.data.datasets import build_dataset
 from hairseg_core.data.errors import DataError
 from hairseg_core.data.node_cache import MappedSplit, build_or_open, estimate_stored_bytes
+from hairseg_core.data.remote import is_uri, stage_root
 from hairseg_core.data.synthetic import default_cache_root
 
 InputMode = Literal["memory", "stream"]
@@ -42,9 +46,16 @@ def data_cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else default_cache_root() / "data"
 
 
-def source_dataset(source: Any, split: str, transform: Any = None) -> Any:
-    """``split`` of one data source (a ``DataSource``), raw samples at their own resolution."""
-    return build_dataset(source.dataset, split, root=source.data_root, transform=transform, **source.dataset_options)
+def source_dataset(source: Any, split: str, transform: Any = None, cache_dir: str | None = None) -> Any:
+    """``split`` of one data source (a ``DataSource``), raw samples at their own resolution.
+
+    A root in object storage (``s3://...``) is first mirrored to this node's disk
+    (:func:`hairseg_core.data.remote.stage_root`, under ``cache_dir``'s data cache).
+    """
+    root = source.data_root
+    if is_uri(root):
+        root = str(stage_root(root, data_cache_dir(cache_dir)))
+    return build_dataset(source.dataset, split, root=root, transform=transform, **source.dataset_options)
 
 
 def needed_short_side(configs: Iterable[Any]) -> int:
@@ -116,7 +127,7 @@ class StreamedSplit:
     def open(self, workers: int = 1, progress: bool = False) -> MappedSplit:
         if self._mapped is None:
             self._mapped = build_or_open(
-                source_dataset(self.source, self.split),
+                source_dataset(self.source, self.split, cache_dir=self.cache_dir),
                 split_description(self.source, self.split),
                 data_cache_dir(self.cache_dir),
                 self.store_short_side,
@@ -200,7 +211,7 @@ def cache_sources(
         for source in cfg.data_sources:
             if not getattr(source, role):
                 continue
-            dataset = source_dataset(source, role)
+            dataset = source_dataset(source, role, cache_dir=cache_dir)
             if len(dataset) == 0:
                 raise DataError(f"{source.name}: split {role!r} of {source.data_root} is empty")
             mapped = build_or_open(

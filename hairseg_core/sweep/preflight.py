@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from hairseg_core.config import SearchSpace
 from hairseg_core.data.errors import DataError
-from hairseg_core.data.input_path import InputPlan, cache_sources, choose_mode, space_short_side
+from hairseg_core.data.input_path import (
+    InputPlan,
+    cache_sources,
+    choose_mode,
+    estimate_decoded_bytes,
+    space_short_side,
+)
 from hairseg_core.sweep.weights import sweep_weights
 from hairseg_core.threads import available_cpus
 from hairseg_core.train import TrialData
@@ -62,21 +68,24 @@ def varies_data(space: SearchSpace) -> bool:
 
 
 def plan_data(space: SearchSpace, progress: bool = True) -> tuple[TrialData, InputPlan]:
-    """Cache every train / val split on this node (decoding and checking each file once) and choose the path.
+    """Choose the input path, then cache every train / val split on this node (decoding each file once).
 
-    The cache is kept: the next sweep over the same files (same names, sizes and times) starts at once.
+    The choice comes first, from the decoded size estimated on a few samples per split: the memory path
+    keeps every image at its own resolution (exactly the pixels it always had); the streaming path's cache
+    shrinks images far larger than any trial reads (:mod:`hairseg_core.data.node_cache`). The cache is
+    kept: the next sweep over the same files (same names, sizes and times) starts at once.
     """
     settings = space.data
     cfg = space.trial_config({})
-    store = space_short_side(space)
+    budget = int(settings.memory_budget_gib * 2**30)
+    mode = choose_mode(settings.input, estimate_decoded_bytes(cfg), budget)
+    store = None if mode == "memory" else space_short_side(space)
     workers = settings.cache_workers or available_cpus()
     cached = cache_sources(cfg, settings.cache_dir, store, workers=workers, progress=progress)
     data = TrialData.from_parts(cached["train"], cached["val"])
-    decoded = sum(split.nbytes for role in cached.values() for _, split in role)
-    budget = int(settings.memory_budget_gib * 2**30)
     plan = InputPlan(
-        mode=choose_mode(settings.input, decoded, budget),
-        decoded_bytes=decoded,
+        mode=mode,
+        decoded_bytes=sum(split.nbytes for role in cached.values() for _, split in role),
         budget_bytes=budget,
         cache_dir=settings.cache_dir or "(each node's default: $HAIRSEG_DATA_CACHE or ~/.cache/hairseg/data)",
         store_short_side=store,
