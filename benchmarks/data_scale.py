@@ -11,7 +11,8 @@ Two steps, both in one command or apart:
    * system used memory, ``MemTotal - MemAvailable`` from /proc/meminfo (shared memory included), and
      ``Shmem`` (Ray's object store lives there);
    * every process of the sweep (driver, Ray's GCS / raylet / dashboard, trial workers, idle workers,
-     DataLoader children) by its proportional set size (PSS: shared pages split between their users).
+     DataLoader children) by its anonymous memory (RssAnon: its heap, what it adds to used memory; mapped
+     files such as the node cache are page cache and not counted, as MemAvailable does not count them).
 
    It prints one JSON line per folder with the peak rise of used memory over the idle baseline, the
    process breakdown at that peak, the input path the sweep chose, and a last line with the difference
@@ -21,7 +22,7 @@ Two steps, both in one command or apart:
     .venv/bin/python benchmarks/data_scale.py --measure ../shared/data/celeb1k ~/.cache/hairseg/bench/folder8k
 
 Used memory is machine-wide: other processes' changes during a run count too, so run it on a quiet machine
-(the per-process PSS sums in the output do not have that problem).
+(the per-process sums of anonymous memory in the output do not have that problem).
 """
 
 from __future__ import annotations
@@ -141,7 +142,24 @@ def _category(proc: psutil.Process, driver_pid: int) -> str:
     return f"other:{name}"
 
 
+def _private_bytes(pid: int) -> tuple[int, int]:
+    """(RssAnon, RssShmem) of a process: what it adds to used memory, and its share of mapped shared memory.
+
+    File-backed pages (the node cache's memory map, shared libraries) are left out: they are page cache,
+    which MemAvailable counts as available, so they are not what "used memory" measures.
+    """
+    anon = shmem = 0
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) * 1024
+            elif line.startswith("RssShmem:"):
+                shmem = int(line.split()[1]) * 1024
+    return anon, shmem
+
+
 def _breakdown(driver_pid: int) -> dict[str, float]:
+    """Anonymous memory (GiB) of the sweep's processes by role, plus the object store's shared memory mapped."""
     try:
         root = psutil.Process(driver_pid)
         procs = [root, *root.children(recursive=True)]
@@ -150,11 +168,11 @@ def _breakdown(driver_pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for proc in procs:
         try:
-            pss = proc.memory_full_info().pss
-        except psutil.Error:
+            anon, _ = _private_bytes(proc.pid)
+        except OSError:
             continue
         key = _category(proc, driver_pid)
-        out[key] = out.get(key, 0.0) + pss / 2**30
+        out[key] = out.get(key, 0.0) + anon / 2**30
     return {k: round(v, 3) for k, v in sorted(out.items())}
 
 
@@ -207,9 +225,9 @@ def measure(data_root: Path, timeout: float, cache_dir: Path) -> dict[str, Any]:
         "peak_rise_used_gib": round((peak[0] - base_used) / 2**30, 3),
         "peak_rise_shmem_gib": round((peak[1] - base_shm) / 2**30, 3),
         "peak_at_s": round(peak[2], 1),
-        "pss_gib_near_peak": at_peak,
-        "pss_gib_largest_sample": pss_peak,
-        "pss_total_largest_gib": round(sum(pss_peak.values()), 3),
+        "anon_gib_near_peak": at_peak,
+        "anon_gib_largest_sample": pss_peak,
+        "anon_total_largest_gib": round(sum(pss_peak.values()), 3),
         "tail": output[-1500:] if proc.returncode else None,
     }
 

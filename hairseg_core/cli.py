@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = out / CHECKPOINT_FILE
     try:
         if ckpt.is_file() and not args.restart:
-            trainer = Trainer.from_checkpoint(ckpt, cpus=threads, progress=True)
+            trainer = Trainer.from_checkpoint(ckpt, data=_train_data(cfg, args, threads), cpus=threads, progress=True)
             if trainer.cfg != cfg:
                 print(
                     f"{ckpt} holds a run with other settings; pass --restart or another --output",
@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 2
             print(f"resuming {ckpt} after epoch {trainer.epoch}")
         else:
-            trainer = Trainer(cfg, cpus=threads, progress=True)
+            trainer = Trainer(cfg, data=_train_data(cfg, args, threads), cpus=threads, progress=True)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +90,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(trainer.history, indent=2))
     print(f"\ncheckpoint: {ckpt}")
     return 0
+
+
+def _train_data(cfg: Any, args: argparse.Namespace, threads: int) -> Any:
+    """The run's data by ``--data-input`` (auto: in memory within ``--memory-budget-gib``, else a node cache)."""
+    from hairseg_core.config import DataSettings
+    from hairseg_core.train import load_trial_data  # deferred: imports torch
+
+    settings = DataSettings(input=args.data_input, memory_budget_gib=args.memory_budget_gib, cache_dir=args.cache_dir)
+    data = load_trial_data(cfg, progress=True, settings=settings, workers=threads)
+    print(f"data: {data.input_path} path ({len(data.train)} train / {len(data.val)} val images)")
+    return data
 
 
 def _dataset_for(data: str, split: str, name: str):
@@ -241,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
     p.add_argument("--output", default="runs/train", help="folder for checkpoint.pt and metrics.json")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    p.add_argument(
+        "--data-input",
+        choices=["auto", "memory", "stream"],
+        default="auto",
+        help="decode the data into memory, or stream it from a memory-mapped cache on local disk "
+        "(auto: memory when it fits --memory-budget-gib)",
+    )
+    p.add_argument("--memory-budget-gib", type=float, default=2.0, help="auto's limit for in-memory data")
+    p.add_argument("--cache-dir", default=None, help="node cache folder (default ~/.cache/hairseg/data)")
     _add_threads(p)
     p.set_defaults(func=cmd_train)
 

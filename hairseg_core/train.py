@@ -76,6 +76,11 @@ class TrialData:
                     opener(workers=workers, progress=progress)
         return self
 
+    @property
+    def input_path(self) -> str:
+        """How the samples are held (``memory``, ``object store``, ``stream``), for logs and run tags."""
+        return "+".join(sorted({self.train.input_path, self.val.input_path}))
+
     @classmethod
     def from_parts(cls, train: list[tuple[str, RawSplit]], val: list[tuple[str, RawSplit]]) -> TrialData:
         """Pool each role's per-source splits (one source: unprefixed names, no parts)."""

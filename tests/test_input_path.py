@@ -184,9 +184,9 @@ def test_load_trial_data_chooses_by_budget(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HAIRSEG_DATA_CACHE", str(tmp_path / "node-cache"))
     cfg = tiny_train_config(tmp_path)
     in_memory = load_trial_data(cfg)
-    assert isinstance(in_memory.train, MaterializedSplit)
+    assert isinstance(in_memory.train, MaterializedSplit) and in_memory.input_path == "memory"
     streamed = load_trial_data(cfg, settings=DataSettings(memory_budget_gib=1e-6))
-    assert isinstance(streamed.train, StreamedSplit)
+    assert isinstance(streamed.train, StreamedSplit) and streamed.input_path == "stream"
     assert (tmp_path / "node-cache").is_dir()
     forced = load_trial_data(cfg, settings=DataSettings(input="stream", cache_dir=str(tmp_path / "c2")))
     assert isinstance(forced.val, StreamedSplit) and forced.val.names == in_memory.val.names

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -111,6 +111,8 @@ class StreamedSplit:
     first when this node has none, and checks the node's files are the ones the driver checked.
     ``cache_dir`` None means each node's default (:func:`data_cache_dir`, resolved on that node).
     """
+
+    input_path: ClassVar[str] = "stream"
 
     source: Any
     split: str

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,6 +24,8 @@ from hairseg_core.data.splits import RawSplit
 @dataclass
 class MaterializedSplit:
     """Decoded samples of one split, in the order of the source dataset."""
+
+    input_path: ClassVar[str] = "memory"
 
     images: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)

@@ -127,6 +127,8 @@ class MappedSplit:
     passing one through Ray's object store costs bytes, not the data.
     """
 
+    input_path = "stream"
+
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         try:

@@ -23,6 +23,8 @@ class RawSplit(Protocol):
     """Random access to the decoded, transform-free samples of one split."""
 
     names: Sequence[str]
+    #: how the samples are held: "memory", "object store", "stream" (node cache) or "files" (decoded per read)
+    input_path: str
 
     def __len__(self) -> int: ...
 
@@ -48,6 +50,7 @@ class ConcatSplit:
             total += len(split)
         self._len = total
         self.names = [f"{name}/{n}" for name, split in self.parts for n in split.names]
+        self.input_path = "+".join(sorted({split.input_path for _, split in self.parts}))
 
     def __len__(self) -> int:
         return self._len
@@ -79,6 +82,8 @@ class LazySplit:
 
     For reads that happen once or twice (the final stage's test split): memory stays flat at any size.
     """
+
+    input_path = "files"
 
     def __init__(self, dataset: Any, limit: int | None = None) -> None:
         self.dataset = dataset

@@ -29,6 +29,8 @@ class ObjectStoreSplit:
     memory) in the process that trains, before its DataLoader workers fork.
     """
 
+    input_path = "object store"
+
     def __init__(self, refs: list[Any], chunk: int, names: list[str], nbytes: int) -> None:
         self.refs = refs
         self.chunk = chunk
