@@ -328,7 +328,9 @@ def make_celeba(root: Path, indices: list[int], without_hair: set[int]) -> dict[
 def test_celebamask_hq_layout_and_seeded_split(tmp_path: Path) -> None:
     indices = list(range(9)) + [2001]
     truth = make_celeba(tmp_path, indices, without_hair={3})
-    parts = {s: build_dataset("celebamask_hq", s, root=tmp_path, mask_size=32) for s in ("train", "val", "test")}
+    with pytest.warns(DataWarning, match=r"seeded 80/10/10 split \(split_seed=0\), not CelebA's official partition"):
+        parts = {s: build_dataset("celebamask_hq", s, root=tmp_path, mask_size=32) for s in ("train", "val", "test")}
+    assert "seeded split" in parts["train"].source
     assert [len(parts[s]) for s in ("train", "val", "test")] == [8, 1, 1]
     names = [n for s in parts.values() for n in s.names]
     assert sorted(names, key=int) == [str(i) for i in indices]
@@ -360,7 +362,7 @@ def test_celebamask_hq_corrupt_mask_names_file(tmp_path: Path) -> None:
     make_celeba(tmp_path, [0], without_hair=set())
     bad = tmp_path / "CelebAMask-HQ-mask-anno" / "0" / "00000_hair.png"
     bad.write_bytes(b"\x89PNG broken")
-    ds = build_dataset("celebamask_hq", "train", root=tmp_path, split_fractions=(1.0, 0.0, 0.0))
+    ds = build_dataset("celebamask_hq", "train", root=tmp_path, split_scheme="seeded", split_fractions=(1.0, 0.0, 0.0))
     with pytest.raises(DataError, match=r"00000_hair\.png: not a readable mask"):
         ds[0]
 
@@ -422,3 +424,21 @@ def test_shared_figaro_smoke() -> None:
         "folder", "test", root=_shared_data() / "figaro1k", transform=build_eval_transform(129)
     )[1]
     assert tensor_sample["image"].shape == (3, 129, 129)
+
+
+@pytest.mark.skipif(not (_shared_data() / "celebamask4k").is_dir(), reason="shared celebamask4k data not present")
+def test_shared_celebamask4k_train_and_val() -> None:
+    """The third real source: 3 491 train + 399 val CelebAMask-HQ pairs at 256², no test split."""
+    root = _shared_data() / "celebamask4k"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # a val folder exists: nothing may be held out of train
+        train = build_dataset("folder", "train", root=root)
+        val = build_dataset("folder", "val", root=root)
+    assert (len(train), len(val)) == (3491, 399)
+    assert not set(train.names) & set(val.names)
+    sample = val[0]
+    assert sample["image"].shape == (256, 256, 3) and sample["image"].dtype == np.uint8
+    assert sample["mask"].shape == (256, 256) and set(np.unique(sample["mask"]).tolist()) == {0, 1}
+    assert sample["mask"].mean() >= 0.01, "every pair has hair on at least 1 % of the image"
+    with pytest.raises(DataError, match=r"celebamask4k/test: split folder missing \(found: train, val\)"):
+        build_dataset("folder", "test", root=root)

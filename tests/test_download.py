@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import threading
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from functools import partial
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from hairseg_core.data import DownloadError, build_dataset, download_dataset
+from hairseg_core.data.download import SOURCES, RemoteFile, fetch
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
@@ -198,3 +200,103 @@ def test_cli_download_prints_the_dataset_path_or_a_clear_error(
     assert cli.main(["data", "download", "figaro1k", "--dest", str(tmp_path / "d2"), "--url", missing]) == 2
     err = capsys.readouterr().err
     assert f"error: download of {missing} failed: HTTP 404" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- sources and mirrors
+
+
+def _lfw_sources(base: str, digest: str) -> tuple[RemoteFile, ...]:
+    """LFW-shaped sources on the local server: each file's first source fails in another way."""
+    return (
+        # a copy with other bytes (checksum mismatch), then figshare's shape: a URL without a file name
+        RemoteFile(
+            f"{base}/stale/lfw-funneled.tgz", sha256=digest, mirrors=(f"{base}/files/5976015",), name="lfw-funneled.tgz"
+        ),
+        # a host that lost the file (404), then one that has it
+        RemoteFile(f"{base}/gone/parts_gt.tar.gz", mirrors=(f"{base}/parts_gt.tar.gz",)),
+        RemoteFile(f"{base}/parts_train.txt"),
+    )
+
+
+def test_each_file_falls_back_to_its_next_source(
+    server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, www = server
+    lfw_files(www)
+    digest = hashlib.sha256((www / "lfw-funneled.tgz").read_bytes()).hexdigest()
+    (www / "files").mkdir()
+    (www / "files" / "5976015").write_bytes((www / "lfw-funneled.tgz").read_bytes())
+    (www / "stale").mkdir()
+    (www / "stale" / "lfw-funneled.tgz").write_bytes(b"an older, different archive")
+    monkeypatch.setitem(SOURCES, "lfw_parts", _lfw_sources(base, digest))
+
+    with caplog.at_level("WARNING", logger="hairseg_core.data.download"):
+        dest = download_dataset("lfw_parts", tmp_path / "lfw", progress=False)
+    assert sorted(p.name for p in dest.iterdir() if p.is_file()) == [
+        "lfw-funneled.tgz",
+        "lfw-funneled.tgz.extracted",
+        "parts_gt.tar.gz",
+        "parts_gt.tar.gz.extracted",
+        "parts_train.txt",
+    ]
+    assert build_dataset("lfw_parts", "train", root=dest)[0]["name"] == "Zico_0001"
+    assert [path for path, _, _ in RangeHandler.served] == [
+        "/stale/lfw-funneled.tgz",
+        "/files/5976015",
+        "/parts_gt.tar.gz",
+        "/parts_train.txt",
+    ]
+    tried = [record.getMessage() for record in caplog.records]
+    assert len(tried) == 2
+    assert tried[0].startswith(f"lfw-funneled.tgz: checksum mismatch for {base}/stale/lfw-funneled.tgz")
+    assert tried[0].endswith(f"trying {base}/files/5976015")
+    assert tried[1].startswith(f"parts_gt.tar.gz: download of {base}/gone/parts_gt.tar.gz failed: HTTP 404")
+
+
+def test_every_source_failing_names_each(server: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = server
+    remote = RemoteFile(f"{base}/a/x.tgz", mirrors=(f"{base}/b/x.tgz",))
+    with pytest.raises(DownloadError) as caught:
+        fetch(remote, tmp_path / "d" / "x.tgz", progress=False)
+    assert str(caught.value) == (
+        f"x.tgz: every source failed: download of {base}/a/x.tgz failed: HTTP 404 File not found; "
+        f"download of {base}/b/x.tgz failed: HTTP 404 File not found"
+    )
+    assert list((tmp_path / "d").iterdir()) == [], "no part file is left behind"
+
+
+def test_cli_mirror_folder_is_tried_before_the_sources(
+    server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hairseg_core import cli
+
+    base, www = server
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    lfw_files(copy)  # a local copy of every file, by name; the built-in sources all 404
+    digest = hashlib.sha256((copy / "lfw-funneled.tgz").read_bytes()).hexdigest()
+    monkeypatch.setitem(SOURCES, "lfw_parts", _lfw_sources(base, digest))
+    dest = tmp_path / "lfw"
+    assert cli.main(["data", "download", "lfw_parts", "--dest", str(dest), "--mirror", str(copy)]) == 0
+    assert Path(capsys.readouterr().out.strip()) == dest
+    assert RangeHandler.served == [], "nothing came from the built-in sources"
+    assert build_dataset("lfw_parts", "train", root=dest)[0]["mask"][:8].all()
+    with pytest.raises(DownloadError, match="either url .* or mirror"):
+        download_dataset("lfw_parts", dest, url=f"{base}/x", mirror=str(copy), progress=False)
+
+
+def test_shipped_lfw_sources_match_the_layout_and_end_with_the_original() -> None:
+    files = {remote.filename: remote for remote in SOURCES["lfw_parts"]}
+    assert set(files) == {
+        "lfw-funneled.tgz",
+        "parts_lfw_funneled_gt_images.tgz",
+        "parts_train.txt",
+        "parts_validation.txt",
+        "parts_test.txt",
+    }
+    for name, remote in files.items():
+        assert len(remote.urls) >= 2, f"{name}: the original host is gone, a mirror must come first"
+        assert remote.urls[-1].startswith("http://vis-www.cs.umass.edu/lfw/") and remote.urls[-1].endswith(name)
+        assert "vis-www.cs.umass.edu" not in urllib.parse.urlparse(remote.urls[0]).netloc
+    assert len(files["lfw-funneled.tgz"].sha256 or "") == 64
+    assert len(files["parts_lfw_funneled_gt_images.tgz"].md5 or "") == 32

@@ -12,7 +12,8 @@ Layouts (``root`` is the folder named in each):
 * ``lfw_parts``     LFW Part Labels: ``lfw_funneled/<Person>/<Person>_NNNN.jpg``,
                     ``parts_lfw_funneled_gt_images/<Person>_NNNN.ppm`` (hair = red), and the official
                     ``parts_{train,validation,test}.txt`` (lines ``<Person> <N>``; 1500/500/927).
-* ``celebamask_hq`` ``CelebA-HQ-img/<i>.jpg`` + ``CelebAMask-HQ-mask-anno/<i//2000>/<iiiii>_hair.png``.
+* ``celebamask_hq`` ``CelebA-HQ-img/<i>.jpg`` + ``CelebAMask-HQ-mask-anno/<i//2000>/<iiiii>_hair.png``
+                    (the official download; its ``CelebA-HQ-to-CelebA-mapping.txt`` gives CelebA's split).
 * ``figaro1k``      ``Original/{Training,Testing}/<stem>-org.jpg`` + ``GT/{Training,Testing}/<stem>-gt.pbm``.
 * ``synthetic``     generated portraits in the folder layout (see :mod:`hairseg_core.data.synthetic`).
 
@@ -24,7 +25,6 @@ and drops bad samples with a :class:`DataWarning`.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from hairseg_core.data.celeba_split import plan_split
 from hairseg_core.data.errors import DataError, DataWarning
 from hairseg_core.registry import Registry
 
@@ -454,16 +455,8 @@ def build_lfw_parts_dataset(
 CELEBA_IMAGE_DIR = "CelebA-HQ-img"
 CELEBA_MASK_DIR = "CelebAMask-HQ-mask-anno"
 CELEBA_MASK_SIZE = (512, 512)
-_SPLIT_ALIASES = {
-    "train": "train",
-    "0": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "1": "val",
-    "test": "test",
-    "2": "test",
-}
+# A sweep builds the same split in every trial: the seeded fallback is announced once per process.
+_ANNOUNCED_CELEBA_SPLITS: set[tuple[str, str]] = set()
 
 
 def celeba_mask_path(base: Path, index: int) -> Path:
@@ -471,35 +464,22 @@ def celeba_mask_path(base: Path, index: int) -> Path:
     return base / CELEBA_MASK_DIR / str(index // 2000) / f"{index:05d}_hair.png"
 
 
-def _read_split_file(path: Path) -> dict[str, str]:
-    """``<image index or file name> <split>`` per line; split is train/val/test or CelebA's 0/1/2."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from exc
-    assignment: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 2 or fields[1].lower() not in _SPLIT_ALIASES:
-            raise DataError(f"{path}:{lineno}: expected '<image> <train|val|test|0|1|2>', got {line.strip()!r}")
-        assignment[Path(fields[0]).stem] = _SPLIT_ALIASES[fields[1].lower()]
-    return assignment
-
-
-def split_three_ways(names: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
-    """Seeded random train/val/test assignment with sizes floor(f·n) for val/test, rest train."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fractions}")
-    ordered = sorted(names)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    n_val = int(len(ordered) * fractions[1])
-    n_test = int(len(ordered) * fractions[2])
-    assignment = {}
-    for rank, i in enumerate(order):
-        assignment[ordered[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return assignment
+def celeba_images(base: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the ``CelebA-HQ-img/<index>.jpg`` files; raises when the layout's folders are missing."""
+    image_dir = base / CELEBA_IMAGE_DIR
+    for folder in (image_dir, base / CELEBA_MASK_DIR):
+        if not folder.is_dir():
+            hint = ""
+            if (base / "CelebAMask-HQ" / folder.name).is_dir():
+                hint = f" (it is in {base / 'CelebAMask-HQ'}: use that folder as the root)"
+            raise DataError(
+                f"{folder}: missing folder of the CelebAMask-HQ layout{hint}; expected {CELEBA_IMAGE_DIR}/<i>.jpg "
+                f"and {CELEBA_MASK_DIR}/<i//2000>/<iiiii>_hair.png under the root"
+            )
+    images = {p.stem: p for p in image_dir.glob("*.jpg") if p.stem.isdigit()}
+    if not images:
+        raise DataError(f"{image_dir}: no <index>.jpg images found")
+    return images
 
 
 def build_celebamask_hq_dataset(
@@ -509,6 +489,8 @@ def build_celebamask_hq_dataset(
     on_error: OnError = "raise",
     *,
     split_file: str | os.PathLike[str] | None = None,
+    split_scheme: str = "auto",
+    partition_file: str | os.PathLike[str] | None = None,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
     mask_size: int = CELEBA_MASK_SIZE[0],
@@ -518,34 +500,39 @@ def build_celebamask_hq_dataset(
     A photo without ``<iiiii>_hair.png`` is a person with no visible hair: CelebAMask-HQ only
     writes a part file when the part is present, so it gets an all-background mask rather
     than being dropped (dropping it would bias the set towards people with hair).
-    The split is a seeded 80/10/10 over image indices unless ``split_file`` gives one.
+    The split (:func:`hairseg_core.data.celeba_split.plan_split`): ``split_file`` if given, else CelebA's
+    official partition when the download's ``CelebA-HQ-to-CelebA-mapping.txt`` is in ``root``
+    (``split_scheme="auto"``, the default; ``partition_file`` or ``root/list_eval_partition.txt`` refines it),
+    else a seeded 80/10/10 split over image indices, announced with a :class:`DataWarning` because its
+    numbers are not comparable with published ones. The dataset's name says which split it uses.
     ``mask_size`` is the side of the all-background mask used for photos without a hair file.
     """
     _check_split(split)
     _check_on_error(on_error)
     base = _require_root(root, "celebamask_hq")
-    image_dir = base / CELEBA_IMAGE_DIR
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: missing folder of the CelebAMask-HQ layout")
-    if not (base / CELEBA_MASK_DIR).is_dir():
-        raise DataError(f"{base / CELEBA_MASK_DIR}: missing folder of the CelebAMask-HQ layout")
-    images = {p.stem: p for p in image_dir.glob("*.jpg") if p.stem.isdigit()}
-    if not images:
-        raise DataError(f"{image_dir}: no <index>.jpg images found")
-    if split_file is not None:
-        assignment = _read_split_file(Path(split_file))
-        unknown = sorted(set(assignment) - set(images), key=lambda s: (len(s), s))
-        if unknown:
-            raise DataError(f"{split_file}: lists image {unknown[0]!r} that is not in {image_dir}")
-    else:
-        assignment = split_three_ways(list(images), split_fractions, split_seed)
+    images = celeba_images(base)
+    plan = plan_split(
+        base,
+        images,
+        split_file=split_file,
+        split_scheme=split_scheme,
+        partition_file=partition_file,
+        split_fractions=split_fractions,
+        split_seed=split_seed,
+    )
+    if plan.method == "seeded" and split_scheme == "auto":
+        key = (str(base.resolve()), plan.description)
+        if key not in _ANNOUNCED_CELEBA_SPLITS:
+            _ANNOUNCED_CELEBA_SPLITS.add(key)
+            warnings.warn(f"celebamask_hq {base}: {plan.description}", DataWarning, stacklevel=2)
     refs = []
-    for stem in sorted((s for s, part in assignment.items() if part == split), key=int):
+    for stem in sorted((s for s, part in plan.assignment.items() if part == split), key=int):
         mask = celeba_mask_path(base, int(stem))
         refs.append(SampleRef(stem, images[stem], mask if mask.is_file() else None))
-    source = f"celebamask_hq {base} [{split}]"
+    split_name = "seeded split" if plan.method == "seeded" else "official split" if plan.official else "split file"
+    source = f"celebamask_hq {base} [{split}, {split_name}]"
     if not refs:
-        raise DataError(f"{source}: the split assignment puts no images in {split!r}")
+        raise DataError(f"{source}: the split ({plan.description}) puts no images in {split!r}")
     return SegmentationDataset(
         refs,
         decode_mask=decode_threshold_mask,
