@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,9 +183,33 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.data_cmd == "prepare":
         return _prepare_celebamask_hq(args)
+    if args.data_cmd == "cache":
+        return _data_cache(args)
     from hairseg_core.data.synthetic import ensure_synthetic  # deferred: hairseg_core.data imports torch
 
     print(ensure_synthetic(root=args.root, size=args.size, seed=args.seed))
+    return 0
+
+
+def _data_cache(args: argparse.Namespace) -> int:
+    """List this node's data caches (the streaming input path's), or delete those unused for a while."""
+    from hairseg_core.data.input_path import data_cache_dir  # deferred: hairseg_core.data imports torch
+    from hairseg_core.data.node_cache import list_caches, prune_caches
+
+    folder = data_cache_dir(args.dir)
+    if args.prune_days is not None:
+        removed = prune_caches(folder, args.prune_days * 86400)
+        freed = sum(c["nbytes"] for c in removed) / 2**30
+        print(f"removed {len(removed)} cache(s) unused for {args.prune_days} days from {folder}: {freed:.2f} GiB")
+        return 0
+    caches = list_caches(folder)
+    print(f"data caches in {folder}: {len(caches)}")
+    for c in caches:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["last_used"]))
+        side = "native size" if not c["store_short_side"] else f"short side <= {2 * c['store_short_side']} px"
+        print(
+            f"  {Path(c['folder']).name}  {c['count']} images  {c['nbytes'] / 2**30:.2f} GiB  {side}  last used {used}"
+        )
     return 0
 
 
@@ -396,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-size", type=_positive_int, default=512, help="side of the hair masks (512 as published)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads(d)
+    d = dsub.add_parser("cache", help="list this node's data caches (streaming input path), or prune unused ones")
+    d.add_argument("--dir", help="cache folder (default $HAIRSEG_DATA_CACHE or ~/.cache/hairseg/data)")
+    d.add_argument("--prune-days", type=float, metavar="DAYS", help="delete caches unused for this many days")
     d = dsub.add_parser("synthetic", help="generate the built-in synthetic dataset into the cache")
     d.add_argument("--root")
     d.add_argument("--size", type=int, default=257)

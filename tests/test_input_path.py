@@ -258,3 +258,24 @@ def test_data_root_in_object_storage_is_staged_per_node(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match="no files under this data root"):
         source_dataset(DataSource(name="x", dataset="folder", data_root=empty.as_uri()), "train", cache_dir=str(cache))
+
+
+def test_data_cache_command_lists_and_prunes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import time
+
+    from hairseg_core import cli
+
+    root = _folder(tmp_path, train=3, val=2)
+    cache = tmp_path / "cache"
+    split = build_or_open(build_dataset("folder", "train", root=root), "listed-train", cache, 64)
+    assert cli.main(["data", "cache", "--dir", str(cache)]) == 0
+    assert split.directory.name in capsys.readouterr().out
+    assert cli.main(["data", "cache", "--dir", str(cache), "--prune-days", "1"]) == 0
+    assert "removed 0 cache(s)" in capsys.readouterr().out and split.directory.is_dir()
+    old = time.time() - 3 * 86400
+    for name in ("meta.json", "last_used"):
+        if (split.directory / name).exists():
+            os.utime(split.directory / name, (old, old))
+    assert cli.main(["data", "cache", "--dir", str(cache), "--prune-days", "1"]) == 0
+    assert "removed 1 cache(s)" in capsys.readouterr().out and not split.directory.exists()

@@ -176,6 +176,46 @@ class MappedSplit:
         return f"MappedSplit({str(self.directory)!r}, n={len(self)})"
 
 
+def _touch(folder: Path) -> None:
+    """Mark a cache as used now (``hairseg data cache --prune-days`` removes the long unused)."""
+    with contextlib.suppress(OSError):
+        (folder / "last_used").touch()
+
+
+def list_caches(cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every complete cache under ``cache_dir``: its folder, what it holds, its size and when it was last used."""
+    out = []
+    root = Path(cache_dir).expanduser()
+    for meta_file in sorted(root.glob("*/meta.json")) if root.is_dir() else []:
+        folder = meta_file.parent
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        used = folder / "last_used"
+        last = (used if used.exists() else meta_file).stat().st_mtime
+        out.append({"folder": str(folder), **meta, "last_used": last})
+    return out
+
+
+def prune_caches(cache_dir: str | os.PathLike[str], unused_for_s: float) -> list[dict[str, Any]]:
+    """Delete caches unused for ``unused_for_s`` seconds (and builds abandoned by killed processes); return them.
+
+    A cache that a process is building or mapping right now is recent (used on open), so it is kept.
+    """
+    now = time.time()
+    removed = [c for c in list_caches(cache_dir) if now - c["last_used"] > unused_for_s]
+    for cache in removed:
+        shutil.rmtree(cache["folder"], ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(cache["folder"] + ".lock").unlink()
+    root = Path(cache_dir).expanduser()
+    for tmp in root.glob(".*.tmp-*") if root.is_dir() else []:
+        if now - tmp.stat().st_mtime > max(unused_for_s, 86400):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return removed
+
+
 @contextlib.contextmanager
 def _locked(path: Path, wait_message: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``: one builder per cache folder per node (released if the holder dies)."""
@@ -274,6 +314,7 @@ def build_or_open(
         )
     folder = cache_dir / key.key
     if (folder / "meta.json").is_file():
+        _touch(folder)
         return MappedSplit(folder)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
