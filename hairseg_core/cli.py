@@ -194,7 +194,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _data_cache(args: argparse.Namespace) -> int:
     """List this node's data caches (the streaming input path's), or delete those unused for a while."""
     from hairseg_core.data.input_path import data_cache_dir  # deferred: hairseg_core.data imports torch
-    from hairseg_core.data.node_cache import list_caches, prune_caches
+    from hairseg_core.data.node_cache import STORE_SLACK, list_caches, prune_caches
 
     folder = data_cache_dir(args.dir)
     if args.prune_days is not None:
@@ -206,7 +206,7 @@ def _data_cache(args: argparse.Namespace) -> int:
     print(f"data caches in {folder}: {len(caches)}")
     for c in caches:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["last_used"]))
-        side = "native size" if not c["store_short_side"] else f"short side <= {2 * c['store_short_side']} px"
+        side = "native size" if not c["store_short_side"] else f"short side <= {STORE_SLACK * c['store_short_side']} px"
         print(
             f"  {Path(c['folder']).name}  {c['count']} images  {c['nbytes'] / 2**30:.2f} GiB  {side}  last used {used}"
         )
