@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = out / CHECKPOINT_FILE
     try:
         if ckpt.is_file() and not args.restart:
-            trainer = Trainer.from_checkpoint(ckpt, cpus=threads, progress=True)
+            trainer = Trainer.from_checkpoint(ckpt, data=_train_data(cfg, args, threads), cpus=threads, progress=True)
             if trainer.cfg != cfg:
                 print(
                     f"{ckpt} holds a run with other settings; pass --restart or another --output",
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 2
             print(f"resuming {ckpt} after epoch {trainer.epoch}")
         else:
-            trainer = Trainer(cfg, cpus=threads, progress=True)
+            trainer = Trainer(cfg, data=_train_data(cfg, args, threads), cpus=threads, progress=True)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -91,6 +92,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(trainer.history, indent=2))
     print(f"\ncheckpoint: {ckpt}")
     return 0
+
+
+def _train_data(cfg: Any, args: argparse.Namespace, threads: int) -> Any:
+    """The run's data by ``--data-input`` (auto: in memory within ``--memory-budget-gib``, else a node cache)."""
+    from hairseg_core.config import DataSettings
+    from hairseg_core.train import load_trial_data  # deferred: imports torch
+
+    settings = DataSettings(input=args.data_input, memory_budget_gib=args.memory_budget_gib, cache_dir=args.cache_dir)
+    data = load_trial_data(cfg, progress=True, settings=settings, workers=threads)
+    print(f"data: {data.input_path} path ({len(data.train)} train / {len(data.val)} val images)")
+    return data
 
 
 def _dataset_for(data: str, split: str, name: str):
@@ -171,9 +183,33 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.data_cmd == "prepare":
         return _prepare_celebamask_hq(args)
+    if args.data_cmd == "cache":
+        return _data_cache(args)
     from hairseg_core.data.synthetic import ensure_synthetic  # deferred: hairseg_core.data imports torch
 
     print(ensure_synthetic(root=args.root, size=args.size, seed=args.seed))
+    return 0
+
+
+def _data_cache(args: argparse.Namespace) -> int:
+    """List this node's data caches (the streaming input path's), or delete those unused for a while."""
+    from hairseg_core.data.input_path import data_cache_dir  # deferred: hairseg_core.data imports torch
+    from hairseg_core.data.node_cache import STORE_SLACK, list_caches, prune_caches
+
+    folder = data_cache_dir(args.dir)
+    if args.prune_days is not None:
+        removed = prune_caches(folder, args.prune_days * 86400)
+        freed = sum(c["nbytes"] for c in removed) / 2**30
+        print(f"removed {len(removed)} cache(s) unused for {args.prune_days} days from {folder}: {freed:.2f} GiB")
+        return 0
+    caches = list_caches(folder)
+    print(f"data caches in {folder}: {len(caches)}")
+    for c in caches:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["last_used"]))
+        side = "native size" if not c["store_short_side"] else f"short side <= {STORE_SLACK * c['store_short_side']} px"
+        print(
+            f"  {Path(c['folder']).name}  {c['count']} images  {c['nbytes'] / 2**30:.2f} GiB  {side}  last used {used}"
+        )
     return 0
 
 
@@ -301,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings")
     p.add_argument("--output", default="runs/train", help="folder for checkpoint.pt and metrics.json")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    p.add_argument(
+        "--data-input",
+        choices=["auto", "memory", "stream"],
+        default="auto",
+        help="decode the data into memory, or stream it from a memory-mapped cache on local disk "
+        "(auto: memory when it fits --memory-budget-gib)",
+    )
+    p.add_argument("--memory-budget-gib", type=float, default=2.0, help="auto's limit for in-memory data")
+    p.add_argument("--cache-dir", default=None, help="node cache folder (default ~/.cache/hairseg/data)")
     _add_threads(p)
     p.set_defaults(func=cmd_train)
 
@@ -376,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mask-size", type=_positive_int, default=512, help="side of the hair masks (512 as published)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads(d)
+    d = dsub.add_parser("cache", help="list this node's data caches (streaming input path), or prune unused ones")
+    d.add_argument("--dir", help="cache folder (default $HAIRSEG_DATA_CACHE or ~/.cache/hairseg/data)")
+    d.add_argument("--prune-days", type=float, metavar="DAYS", help="delete caches unused for this many days")
     d = dsub.add_parser("synthetic", help="generate the built-in synthetic dataset into the cache")
     d.add_argument("--root")
     d.add_argument("--size", type=int, default=257)

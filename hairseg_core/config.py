@@ -384,6 +384,22 @@ class ResourcesSpec(_Strict):
         return value
 
 
+class DataSettings(_Strict):
+    """The ``data:`` block of a search space: how trials get their training and validation data.
+
+    ``input``: ``auto`` holds the decoded data in memory (one copy per node, in Ray's object store) when
+    it fits ``memory_budget_gib``, else streams it from a memory-mapped cache on each node's local disk
+    (``cache_dir``; default ``$HAIRSEG_DATA_CACHE`` or ``~/.cache/hairseg/data``). ``memory`` / ``stream``
+    force a path. See :mod:`hairseg_core.data.input_path`; the choice never changes what a trial learns.
+    ``cache_workers``: decode threads when a node builds its cache (default: the CPUs the process may use).
+    """
+
+    input: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gib: Annotated[float, Field(gt=0)] = 2.0
+    cache_dir: str | None = None
+    cache_workers: Annotated[int, Field(ge=1)] | None = None
+
+
 class FinalizeSettings(_Strict):
     """The ``finalize:`` block of a search space."""
 
@@ -447,6 +463,7 @@ class SearchSpace(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_failures: Annotated[int, Field(ge=0)] = 2
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+    data: DataSettings = Field(default_factory=DataSettings)
     finalize: FinalizeSettings = Field(default_factory=FinalizeSettings)
 
     def _check_points_to_evaluate(self) -> None:
@@ -694,6 +711,9 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
     fixed = raw.get("fixed")
     if isinstance(fixed, dict):
         _absolute_roots(fixed)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("cache_dir"), str):
+        data["cache_dir"] = _absolute(data["cache_dir"])
     return search_space_from_dict(raw, source=str(path))
 
 
@@ -707,7 +727,9 @@ def _absolute_roots(settings: dict[str, Any]) -> None:
 
 
 def _absolute(path: str) -> str:
-    """Relative data paths are relative to where the command runs; trials run elsewhere."""
+    """Relative data paths are relative to where the command runs; trials run elsewhere. URIs stay as given."""
+    if "://" in path:  # object storage (s3://, gs://, file://): hairseg_core.data.remote stages it per node
+        return path
     return str(Path(path).expanduser().resolve())
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ from hairseg_core.bootstrap import (
     paired_bootstrap,
 )
 from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
-from hairseg_core.data import build_dataset
-from hairseg_core.data.memory import MaterializedSplit
+from hairseg_core.data.input_path import source_dataset
+from hairseg_core.data.splits import LazySplit, RawSplit, sample_dicts
 from hairseg_core.evaluate import evaluate_predictor
 from hairseg_core.export import export_all
 from hairseg_core.inference import HairPredictor, load_predictor
@@ -76,7 +77,7 @@ def test_sources(train_config: dict[str, Any]) -> list[DataSource]:
 
 def _split_dataset(source: DataSource, split: str) -> Any:
     """``split`` of one data source (raw samples at their own resolution, no transform)."""
-    return build_dataset(source.dataset, split, root=source.data_root, **source.dataset_options)
+    return source_dataset(source, split)
 
 
 def check_test_split(train_config: dict[str, Any], split: str) -> dict[str, int]:
@@ -100,13 +101,15 @@ def check_test_split(train_config: dict[str, Any], split: str) -> dict[str, int]
 
 def load_test_split(
     train_config: dict[str, Any], split: str, max_images: int | None, source: DataSource | None = None
-) -> MaterializedSplit:
-    """The test images of one source (default: the first test source), raw, at their own resolution."""
+) -> LazySplit:
+    """The test images of one source (default: the first test source), raw, at their own resolution.
+
+    Decoded when read, never held: the final stage reads each image a few times (Table 5, the champion,
+    the export check), which costs milliseconds, while holding a 3,000-image test split of full-resolution
+    photos would cost gigabytes of the driver's memory.
+    """
     source = source or test_sources(train_config)[0]
-    dataset = _split_dataset(source, split)
-    if max_images is not None and len(dataset) > max_images:
-        dataset = [dataset[i] for i in range(max_images)]
-    return MaterializedSplit.from_dataset(dataset, desc=f"loading {source.name}/{split}")
+    return LazySplit(_split_dataset(source, split), limit=max_images)
 
 
 def other_sources_table(
@@ -123,7 +126,7 @@ def other_sources_table(
 
 def postprocessing_table(
     predictor: HairPredictor,
-    test: MaterializedSplit,
+    test: RawSplit,
     settings: FinalizeSettings,
     progress: bool = True,
     per_image: dict[str, PerImageCounts] | None = None,
@@ -140,7 +143,7 @@ def postprocessing_table(
     seconds = dict.fromkeys(processors, 0.0)
     panels = []
     for i in tqdm(range(len(test)), desc="post-processing table", disable=not progress, leave=False):
-        image, mask = test.images[i], test.masks[i]
+        image, mask = test.sample(i)
         start = time.perf_counter()
         probs = predictor.probabilities(image)
         net = time.perf_counter() - start
@@ -278,7 +281,7 @@ def finalize(
         export_dir,
         input_size=settings.export_size,  # None: the trained scale
         metrics={k: baseline[k] for k in TABLE_METRICS},
-        sample_image=test.images[0],
+        sample_image=test.sample(0)[0],
         train_scale=scale,
     )
     (export_dir / "postprocessing.json").write_text(json.dumps(table, indent=2))
@@ -317,7 +320,7 @@ def finalize(
         tracker.log_image(run_id, panel, f"table5/examples_{i}.png")
     tracker.log_artifacts(run_id, export_dir, "export")
     # flicker of the export as the webcam app runs it: shake videos of a few test images (hairseg_core.temporal)
-    stability = video_stability(load_predictor(export_dir), list(zip(test.images, test.masks, strict=True))[:3])
+    stability = video_stability(load_predictor(export_dir), [test.sample(i) for i in range(min(3, len(test)))])
     print(
         f"video flicker of the export on shake videos ({DEFAULT_SMOOTHER} smoothing / none): "
         f"{stability['flicker']:.2%} / {stability['flicker_none']:.2%} of pixels, boundary band "
@@ -444,8 +447,8 @@ def champion_inference_scale(version: Any, model: Any) -> int | None:
     return model_train_scale(model)
 
 
-def _as_dataset(split: MaterializedSplit) -> list[dict[str, Any]]:
-    return [{"image": i, "mask": m, "name": n} for i, m, n in zip(split.images, split.masks, split.names, strict=True)]
+def _as_dataset(split: RawSplit) -> Sequence[dict[str, Any]]:
+    return sample_dicts(split)
 
 
 def _jsonable(value: Any) -> Any:

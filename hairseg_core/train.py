@@ -29,10 +29,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_checkpoint
-from hairseg_core.config import DataSource, TrainConfig, train_config_from_dict
-from hairseg_core.data import build_dataset
-from hairseg_core.data.memory import MaterializedSplit, TransformedDataset
+from hairseg_core.config import DataSettings, DataSource, TrainConfig, train_config_from_dict
+from hairseg_core.data.input_path import (
+    cache_sources,
+    choose_mode,
+    estimate_decoded_bytes,
+    needed_short_side,
+    source_dataset,
+    val_parts,
+)
+from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.data.mixup import mixup_batch
+from hairseg_core.data.splits import RawSplit, TransformedDataset, pool
 from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
 from hairseg_core.gpu_settings import GpuSettings, resolve_gpu_settings
 from hairseg_core.losses import build_loss, mixed_loss
@@ -43,21 +51,46 @@ from hairseg_core.scaling import effective_eval_size
 
 @dataclass
 class TrialData:
-    """The decoded train and validation splits a trial trains on (shareable across trials).
+    """The train and validation splits a trial trains on (shareable across trials).
 
-    With several data sources, ``train`` and ``val`` pool their images (one copy in the object
-    store) and ``val_parts`` maps each validation source's name to its ``[start, stop)`` range in
-    ``val``, so each is also scored on its own. A single source has no parts.
+    With several data sources, ``train`` and ``val`` pool their images and ``val_parts`` maps each
+    validation source's name to its ``[start, stop)`` range in ``val``, so each is also scored on its
+    own. A single source has no parts. The splits are any :class:`~hairseg_core.data.splits.RawSplit`:
+    decoded in memory, in Ray's object store, or streamed from a node cache
+    (:mod:`hairseg_core.data.input_path`); :meth:`open` readies them in the process that trains.
     """
 
-    train: MaterializedSplit
-    val: MaterializedSplit
+    train: RawSplit
+    val: RawSplit
     val_parts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def open(self, workers: int = 1, progress: bool = False) -> TrialData:
+        """Map / fetch every split's storage in this process, before any DataLoader worker forks.
+
+        A streamed split builds this node's cache first when the node has none (``workers`` decode
+        threads); an object-store split fetches its chunks (zero-copy). In-memory splits need nothing.
+        """
+        for split in (self.train, self.val):
+            for part in getattr(split, "parts", [(None, split)]):
+                opener = getattr(part[1], "open", None)
+                if opener is not None:
+                    opener(workers=workers, progress=progress)
+        return self
+
+    @property
+    def input_path(self) -> str:
+        """How the samples are held (``memory``, ``object store``, ``stream``), for logs and run tags."""
+        return "+".join(sorted({self.train.input_path, self.val.input_path}))
+
+    @classmethod
+    def from_parts(cls, train: list[tuple[str, RawSplit]], val: list[tuple[str, RawSplit]]) -> TrialData:
+        """Pool each role's per-source splits (one source: unprefixed names, no parts)."""
+        return cls(train=pool(train), val=pool(val), val_parts=val_parts(val))
 
 
 def load_source_split(source: DataSource, split: str, progress: bool = False) -> MaterializedSplit:
     """Decode one split of one data source into memory; an empty split is an error naming it."""
-    ds = build_dataset(source.dataset, split, root=source.data_root, **source.dataset_options)
+    ds = source_dataset(source, split)
     if len(ds) == 0:
         raise ValueError(
             f"dataset {source.dataset!r} ({source.name}) split {split!r} is empty (root: {source.data_root})"
@@ -66,29 +99,30 @@ def load_source_split(source: DataSource, split: str, progress: bool = False) ->
     return MaterializedSplit.from_dataset(ds, desc=desc)
 
 
-def _pool(parts: list[tuple[str, MaterializedSplit]]) -> MaterializedSplit:
-    if len(parts) == 1:
-        return parts[0][1]
-    pooled = MaterializedSplit()
-    for name, split in parts:
-        pooled.images += split.images
-        pooled.masks += split.masks
-        pooled.names += [f"{name}/{n}" for n in split.names]
-    return pooled
+def load_trial_data(
+    cfg: TrainConfig,
+    progress: bool = False,
+    settings: DataSettings | None = None,
+    workers: int = 1,
+) -> TrialData:
+    """The train and validation splits of every data source of ``cfg``, by the input path ``settings`` choose.
 
-
-def load_trial_data(cfg: TrainConfig, progress: bool = False) -> TrialData:
-    """Decode the train and validation splits of every data source of ``cfg`` into memory."""
+    A single run (``hairseg train``, a test) decides on an estimate from a few decoded samples: within
+    the memory budget the splits are decoded into memory, above it they stream from a node cache.
+    """
+    settings = settings or DataSettings()
+    budget = int(settings.memory_budget_gib * 2**30)
+    mode = settings.input
+    if mode == "auto":
+        mode = choose_mode("auto", estimate_decoded_bytes(cfg), budget)
+    if mode == "stream":
+        store = needed_short_side([cfg])
+        cached = cache_sources(cfg, settings.cache_dir, store, workers=workers, progress=progress)
+        return TrialData.from_parts(cached["train"], cached["val"])
     sources = cfg.data_sources
-    train = _pool([(s.name, load_source_split(s, "train", progress)) for s in sources if s.train])
-    val_splits = [(s.name, load_source_split(s, "val", progress)) for s in sources if s.val]
-    parts: dict[str, tuple[int, int]] = {}
-    if len(val_splits) > 1:  # one validation source: its scores are the combined ones
-        start = 0
-        for name, split in val_splits:
-            parts[name] = (start, start + len(split))
-            start += len(split)
-    return TrialData(train=train, val=_pool(val_splits), val_parts=parts)
+    train = [(s.name, load_source_split(s, "train", progress)) for s in sources if s.train]
+    val = [(s.name, load_source_split(s, "val", progress)) for s in sources if s.val]
+    return TrialData.from_parts(train, val)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,7 +196,9 @@ class Trainer:
         self.channels_last = self.gpu_settings.channels_last
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.gpu_settings.cudnn_benchmark
-        self.data = data if data is not None else load_trial_data(cfg, progress=progress)
+        self.data = (data if data is not None else load_trial_data(cfg, progress=progress, workers=cpus or 1)).open(
+            workers=cpus or 1, progress=progress
+        )
 
         model_kwargs = cfg.model_kwargs if load_pretrained else {**cfg.model_kwargs, "pretrained": "none"}
         self.model = build_model(**model_kwargs).to(self.device)

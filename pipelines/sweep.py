@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved often: cheap resume
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A local Ray prestarts one idle Python worker per CPU (~80 MiB each) for tasks; Tune's trial actors
+    # never take one (benchmarks/README.md, "Sweep overhead"), so on a sweep they are memory for nothing.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     ray.init(**sweep.ray_init_kwargs())
     try:
         # What the cluster has (and its autoscaler could add) against what the space asks, before Tune:

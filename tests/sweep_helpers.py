@@ -91,9 +91,19 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+#: ``data: {input: stream}``: a drill's trials read their data from the node cache (the streaming input path)
+#: instead of the object store. Each drill runs one path in CI; ``HAIRSEG_TEST_DATA_INPUT=stream`` (or
+#: ``memory``) forces one path on every sweep test, to run the whole set on either.
+STREAM = {"data": {"input": "stream"}}
+
+
 def write_space(path: Path, overrides: Mapping[str, Any] | None = None) -> Path:
     """Write TINY_SPACE, with nested ``overrides`` merged in, as a search-space YAML."""
-    path.write_text(yaml.safe_dump(_merge(TINY_SPACE, overrides or {}), sort_keys=False))
+    space = _merge(TINY_SPACE, overrides or {})
+    forced = os.environ.get("HAIRSEG_TEST_DATA_INPUT")
+    if forced:
+        space = _merge(space, {"data": {"input": forced}})
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
 

@@ -18,6 +18,7 @@ import time
 import pytest
 from sweep_helpers import (
     LOOPBACK_DRIVER_ENV,
+    STREAM,
     MlflowServer,
     Workspace,
     check_sweep_accounted,
@@ -36,6 +37,7 @@ DRILL_SPACE = {
     "max_concurrent_trials": 2,
     "fixed": {"epochs": EPOCHS, "max_steps_per_epoch": 4},
     "scheduler": {"type": "fifo"},
+    **STREAM,  # a restarted trial on another node maps its node's cache, checked against the driver's files
 }
 #: Seconds the MLflow server stays down: several of the drill's epochs, so a trial that is training
 #: (not in a call) when the server dies reaches its next log call inside the outage.

@@ -26,6 +26,7 @@ import pytest
 from mlflow import MlflowClient
 from sweep_helpers import (
     EXPERIMENT,
+    STREAM,
     SweepProcess,
     Workspace,
     check_sweep_accounted,
@@ -46,6 +47,7 @@ DRILL = {
     "scheduler": {"type": "asha", "grace_period": GRACE, "reduction_factor": 2},
     "keep_checkpoints": 2,
     "finalize": {"max_test_images": 4, "export_size": 65},
+    **STREAM,  # the trials read the node cache: resume and accounting hold on the streaming input path
 }
 
 

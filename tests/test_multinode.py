@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sweep_helpers import (
     LOOPBACK_DRIVER_ENV,
+    STREAM,
     Workspace,
     check_sweep_accounted,
     local_cluster,
@@ -30,7 +31,7 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "m
 
 
 def test_sweep_spreads_trials_over_worker_nodes(ws: Workspace) -> None:
-    space = ws.space({"num_samples": NUM_SAMPLES, "max_concurrent_trials": 2, "fixed": {"epochs": EPOCHS}})
+    space = ws.space({"num_samples": NUM_SAMPLES, "max_concurrent_trials": 2, "fixed": {"epochs": EPOCHS}, **STREAM})
     ws.extra_env.update(LOOPBACK_DRIVER_ENV)
     with local_cluster(workers=2) as (cluster, workers):
         sweep = ws.run(["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"], timeout=300)

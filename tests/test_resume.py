@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from sweep_helpers import (
+    STREAM,
     SweepProcess,
     Workspace,
     check_sweep_accounted,
@@ -72,6 +73,7 @@ def test_resume_after_driver_sigkill(ws: Workspace) -> None:
             "max_concurrent_trials": 2,
             "fixed": {"epochs": EPOCHS},
             "keep_checkpoints": 2,
+            **STREAM,  # resume on the streaming input path (the Ctrl-C test below keeps the memory path)
         }
     )
     args = ["--space", str(space), "--no-finalize", "--num-cpus", "2", "--quiet"]

@@ -67,6 +67,9 @@ def test_sweep_end_to_end(ws: Workspace) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["hairseg.sweep"] == ws.sweep_dir().name
     assert parent.data.params["num_samples"] == str(NUM_SAMPLES)
+    # 24 tiny images: far below the memory budget, so the data went through the object store (memory path)
+    assert parent.data.tags["hairseg.data.input"] == "memory", parent.data.tags
+    assert "data (synthetic/train 24, synthetic/val 8): in memory" in sweep.stdout, sweep.stdout[-2000:]
     assert "lr_head" in json.loads(parent.data.params["search_space"])
 
     # ASHA: grace 1, reduction factor 2 over 3 epochs stops trials below the rung median.

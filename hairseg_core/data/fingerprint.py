@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hairseg_core.config import DataSource, TrainConfig
-from hairseg_core.data import build_dataset
+from hairseg_core.data.input_path import source_dataset
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def fingerprint_source(source: DataSource, splits: Sequence[str] = ("train", "va
     files: list[Path] = []
     counts: dict[str, int] = {}
     for split in splits:
-        dataset = build_dataset(source.dataset, split, root=source.data_root, **source.dataset_options)
+        dataset = source_dataset(source, split)
         samples = getattr(dataset, "samples", [])
         counts[split] = len(samples)
         files += _files(samples)

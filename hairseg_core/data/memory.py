@@ -1,25 +1,31 @@
-"""Datasets held in memory, so a sweep decodes its images once per node, not once per trial.
+"""A split decoded into this process's memory: the small-data fast path.
 
 Ray Tune's ``tune.with_parameters`` puts one object in the object store; every trial on a
-node then reads the same copy. ``MaterializedSplit`` is that object: the decoded raw
-samples of one split (uint8 RGB image, uint8 0/1 mask, name), picklable and transform-free.
-``TransformedDataset`` applies a trial's own augmentation on top.
+node then reads the same copy (numpy arrays are read zero-copy from shared memory).
+``MaterializedSplit`` is that object: the decoded raw samples of one split (uint8 RGB image,
+uint8 0/1 mask, name), picklable and transform-free. It is a :class:`~hairseg_core.data.splits.RawSplit`;
+:class:`~hairseg_core.data.splits.TransformedDataset` applies a trial's own augmentation on top.
+Data larger than the sweep's memory budget takes the streaming path instead
+(:mod:`hairseg_core.data.input_path`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from hairseg_core.data.splits import RawSplit
 
 
 @dataclass
 class MaterializedSplit:
     """Decoded samples of one split, in the order of the source dataset."""
+
+    input_path: ClassVar[str] = "memory"
 
     images: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
@@ -27,6 +33,9 @@ class MaterializedSplit:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[index], self.masks[index]
 
     @property
     def nbytes(self) -> int:
@@ -43,20 +52,12 @@ class MaterializedSplit:
             split.names.append(str(sample.get("name", i)))
         return split
 
-
-class TransformedDataset(Dataset):
-    """A ``MaterializedSplit`` seen through an albumentations-style transform."""
-
-    def __init__(self, split: MaterializedSplit, transform: Callable[..., dict[str, Any]] | None) -> None:
-        self.split = split
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.split.images[index], self.split.masks[index]
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {"image": image, "mask": mask, "name": self.split.names[index]}
+    @classmethod
+    def from_split(cls, split: RawSplit) -> MaterializedSplit:
+        """Copy every sample of another split (e.g. the node cache) into memory."""
+        out = cls(names=[str(n) for n in split.names])
+        for i in range(len(split)):
+            image, mask = split.sample(i)
+            out.images.append(np.array(image, copy=True))
+            out.masks.append(np.array(mask, copy=True))
+        return out

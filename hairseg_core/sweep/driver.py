@@ -21,6 +21,7 @@ from typing import Any
 from hairseg_core.config import ConfigError, SearchSpace, load_search_space
 from hairseg_core.cost_estimate import log_estimate, report_actual_cost
 from hairseg_core.data.fingerprint import fingerprint_config
+from hairseg_core.data.input_path import InputPlan
 from hairseg_core.final_stage import finalize_sweep
 from hairseg_core.overrides import parse_set
 from hairseg_core.sweep import state
@@ -76,6 +77,8 @@ class PreparedSweep:
     data: TrialData | None
     #: the cost estimate the cluster check made (``hairseg_core.cost_estimate``), logged on the parent run
     plan: Any = None
+    #: how trials get their data (memory or stream), chosen in preflight
+    input_plan: InputPlan | None = None
 
     @property
     def space_file(self) -> str:
@@ -153,13 +156,16 @@ def prepare_sweep(
     except PreflightError as exc:
         print(exc, file=sys.stderr)
         return 2
-    sweep.weights, sweep.data = inputs.weights, inputs.data
+    if inputs.plan is not None:
+        print(inputs.plan.describe())
+    sweep.weights, sweep.data, sweep.input_plan = inputs.weights, inputs.data, inputs.plan
     return sweep
 
 
 def run_sweep(sweep: PreparedSweep) -> int:
     """Record, run (or resume) and summarise the sweep, then its final stage; Ray must be connected."""
     from hairseg_core.sweep import results as sweep_results  # deferred: Optuna
+    from hairseg_core.sweep.shared_data import share_in_object_store  # deferred: Ray
     from hairseg_core.sweep.summary import print_errors, print_summary, report_front, resume_hint  # deferred: Optuna
     from hairseg_core.sweep.tuner import SweepSettings, build_tuner  # deferred: Optuna
 
@@ -172,6 +178,8 @@ def run_sweep(sweep: PreparedSweep) -> int:
             state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file)
             if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
                 tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
+        if sweep.input_plan is not None:
+            tracker.set_tags(parent, sweep.input_plan.tags())
         view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
         view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
         print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
@@ -184,7 +192,11 @@ def run_sweep(sweep: PreparedSweep) -> int:
             name=name,
             verbose=0 if request.quiet else 1,
         )
-        tuner = build_tuner(space, settings, parent, resume=request.resume, data=sweep.data, weights=sweep.weights)
+        data = sweep.data
+        if data is not None and sweep.input_plan is not None and sweep.input_plan.mode == "memory":
+            data = share_in_object_store(data)  # one copy per node, read zero-copy by every trial there
+        tuner = build_tuner(space, settings, parent, resume=request.resume, data=data, weights=sweep.weights)
+        del data
         started = time.perf_counter()
         results = tuner.fit()
         elapsed = time.perf_counter() - started

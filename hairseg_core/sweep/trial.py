@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from hairseg_core.artifact import CHECKPOINT_FILE
-from hairseg_core.config import SearchSpace, TrainConfig
+from hairseg_core.config import DataSettings, SearchSpace, TrainConfig
 from hairseg_core.data.fingerprint import fingerprint_config
 from hairseg_core.gpu_settings import SettingsCache, resolve_gpu_settings
 from hairseg_core.latency import MIN_REPEATS, ModelCost, describe_machine, measure_model_cost
@@ -33,7 +33,7 @@ from hairseg_core.sweep.space import sampled_settings
 from hairseg_core.sweep.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
 from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
-from hairseg_core.train import Trainer, TrialData, resolve_device
+from hairseg_core.train import Trainer, TrialData, load_trial_data, resolve_device
 from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.visualize import prediction_panel, stack_rows
 
@@ -84,6 +84,7 @@ def run_trial(
     weights: WeightsFiles | None = None,
     latency: LatencySettings | None = None,
     gpu_cache: str | None = None,
+    data_settings: DataSettings | None = None,
 ) -> None:
     """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch.
 
@@ -99,7 +100,7 @@ def run_trial(
     context = tune.get_context()
     trial_id = context.get_trial_id()
     try:
-        _train_trial(config, fixed, tracking, data, weights, latency or LatencySettings(), gpu_cache)
+        _train_trial(config, fixed, tracking, data, weights, latency or LatencySettings(), gpu_cache, data_settings)
     except Exception as exc:
         if not is_deterministic(exc):
             raise
@@ -128,6 +129,7 @@ def _train_trial(
     weights: WeightsFiles | None,
     latency: LatencySettings,
     gpu_cache: str | None = None,
+    data_settings: DataSettings | None = None,
 ) -> None:
     sampled = sampled_settings(config)
     cfg = TrainConfig(**{**fixed, **sampled})
@@ -138,6 +140,9 @@ def _train_trial(
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
 
+    shared = data is not None  # the driver prepared the data for every trial (memory or stream path)
+    if data is None:  # the space varies the data: this trial reads its own, by the space's input path
+        data = load_trial_data(cfg, settings=data_settings, workers=cpus)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -167,9 +172,9 @@ def _train_trial(
         params={**cfg.model_dump(), "sampled": sampled},
         run_id=known_run,
         sampled=sampled,
-        datasets=fingerprint_config(cfg) if known_run is None and data is None else (),
+        datasets=fingerprint_config(cfg) if known_run is None and not shared else (),
     )
-    if known_run is None and data is not None:
+    if known_run is None and shared:
         tracker.copy_datasets(tracking.parent_run_id, run_id)
     logged = tracker.logged_epochs(run_id)
     if logged and max(logged) > trainer.epoch:

@@ -59,6 +59,7 @@ def build_tuner(
         fixed=dict(space.fixed),
         tracking=tracking,
         data=data,
+        data_settings=space.data,
         weights=dict(weights or {}),
         latency=LatencySettings.from_space(space),
         gpu_cache=sweep_dir(settings.storage_path, settings.name) + "/" + GPU_SETTINGS_DIR,
