@@ -11,6 +11,7 @@ import torch
 from sweep_helpers import tiny_train_config
 
 from hairseg_core.config import FinalizeSettings, TrainConfig
+from hairseg_core.data.splits import sample_dicts
 from hairseg_core.evaluate import evaluate_predictor
 from hairseg_core.finalize import champion_inference_scale, decide_promotion, finalize, load_test_split
 from hairseg_core.inference import HairPredictor
@@ -144,7 +145,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     assert type(model).__name__ == "DeepLabV3Plus"
     assert model_train_scale(model) == 65  # the scale travels in the registered state-dict checkpoint
     test = load_test_split(cfg.model_dump(), "test", None)
-    dataset = [{"image": i, "mask": m} for i, m in zip(test.images, test.masks, strict=True)]
+    dataset = sample_dicts(test)
     again = evaluate_predictor(HairPredictor.from_model(model), dataset)
     assert again["miou"] == pytest.approx(second.table[0]["miou"], abs=1e-9)
     version = tracker.client.get_model_version("hairseg", "2")

@@ -279,3 +279,23 @@ def test_data_cache_command_lists_and_prunes(tmp_path: Path, capsys: pytest.Capt
             os.utime(split.directory / name, (old, old))
     assert cli.main(["data", "cache", "--dir", str(cache), "--prune-days", "1"]) == 0
     assert "removed 1 cache(s)" in capsys.readouterr().out and not split.directory.exists()
+
+
+def test_gpu_input_benchmark_dry_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_input.py (loader processes feeding the GPU step) runs end to end on the CPU at toy sizes."""
+    import subprocess
+    import sys
+
+    make_folder(tmp_path / "data", {"train": 12}, seed=3)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_input.py"
+    out = tmp_path / "input.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(tmp_path / "data"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["loader_workers"] for r in rows] == [0, 1]
+    assert all(r["images_per_s"] > 0 and r["gpu_only_images_per_s"] > 0 and r["rsc_blur"] for r in rows)
