@@ -234,7 +234,7 @@ def collect_sweep(tracker: Tracker, parent_run_id: str) -> SweepRecord:
         specs = space.get("params") or {}
         metric = str(space.get("metric", "val_miou"))
         trials = []
-        for run in tracker.trial_runs(sweep):
+        for run in tracker.trial_runs(sweep, parent_run_id):
             params = {
                 key.removeprefix("sampled."): _parse_value(value, specs.get(key.removeprefix("sampled.")))
                 for key, value in run.data.params.items()

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
@@ -54,6 +55,12 @@ TAG_SUPERSEDED_BY = "hairseg.superseded_by"
 TAG_SUPERSEDES = "hairseg.supersedes"
 #: On a deleted trial run: why no trial of the sweep continues it (see :meth:`Tracker.retire_orphan_trial_run`).
 TAG_ORPHANED = "hairseg.orphaned"
+#: On a sweep's parent run: the sweep's folder in Tune's storage (its manifest, lease and final-stage record).
+TAG_STORAGE = "hairseg.storage"
+#: On a registered model version: sha256 of the checkpoint it was made from. One version per (sweep, digest).
+TAG_CHECKPOINT_DIGEST = "hairseg.checkpoint_digest"
+#: On a created run: a random token, so that a create whose answer was lost is found instead of repeated.
+TAG_CREATE_TOKEN = "hairseg.create_token"
 #: The sweep run a trial run belongs to. Trial runs are top-level runs (see README "MLflow UI"): MLflow's
 #: runs table folds nested runs under a collapsed parent row and no saved view can unfold it.
 TAG_PARENT = "hairseg.parent_run_id"
@@ -100,6 +107,10 @@ T = TypeVar("T")
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class SweepNameTaken(ValueError):
+    """A new sweep was given the name of a sweep that exists: one name, one sweep."""
 
 
 def resolve_tracking_uri(uri: str | None = None, workdir: str | Path | None = None) -> str:
@@ -222,6 +233,27 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def create_once(create: Callable[[], T], lookup: Callable[[], T | None], what: str) -> T:
+    """A create that is not idempotent (a run, a model version), made at most once across an outage.
+
+    ``with_retries(create)`` would repeat a create whose request reached the server but whose answer was
+    lost, making two. Here ``lookup`` (by a tag only this create sets) runs before every repeat: what the
+    lost attempt made is returned instead of made again. Same budget and errors as ``with_retries``.
+    """
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            found = lookup()
+            if found is not None:
+                return found
+        return create()
+
+    return with_retries(attempt, what)
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -297,6 +329,25 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+def existing_sweep_run(tracking_uri: str, experiment: str, sweep: str) -> str | None:
+    """The parent run of a sweep named ``sweep`` in ``experiment``, or None; creates nothing (no experiment)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        limit_mlflow_http_retries()
+    client = MlflowClient(tracking_uri)
+    found = with_retries(lambda: client.get_experiment_by_name(experiment), "get experiment")
+    if found is None:
+        return None
+    runs = with_retries(
+        lambda: client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'",
+            max_results=1,
+        ),
+        "search runs",
+    )
+    return runs[0].info.run_id if runs else None
+
+
 class Tracker:
     """MLflow operations of one sweep; cheap to construct in each Ray worker."""
 
@@ -349,20 +400,52 @@ class Tracker:
         runs = self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'")
         return runs[0].info.run_id if runs else None
 
-    def find_trial(self, sweep: str, trial_id: str) -> str | None:
-        runs = self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_TRIAL}` = '{trial_id}'")
+    def find_trial(self, sweep: str, trial_id: str, parent_run_id: str | None = None) -> str | None:
+        """The trial's live run; with ``parent_run_id``, only one that sweep run created."""
+        parent = f" and tags.`{TAG_PARENT}` = '{parent_run_id}'" if parent_run_id else ""
+        runs = self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_TRIAL}` = '{trial_id}'{parent}")
         return runs[0].info.run_id if runs else None
 
-    def trial_runs(self, sweep: str) -> list[Any]:
-        return self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'trial'")
+    def trial_runs(self, sweep: str, parent_run_id: str | None = None) -> list[Any]:
+        """The sweep's live trial runs; with ``parent_run_id``, only those that sweep run created (by id:
+        another sweep that once had the same name never counts)."""
+        parent = f" and tags.`{TAG_PARENT}` = '{parent_run_id}'" if parent_run_id else ""
+        return self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'trial'{parent}")
+
+    def _create_run(self, experiment_id: str, tags: Mapping[str, Any], what: str, **kwargs: Any) -> Any:
+        """``create_run`` at most once: tagged with a fresh token, found by it if an answer was lost."""
+        token = uuid.uuid4().hex
+        tags = {**tags, TAG_CREATE_TOKEN: token}
+
+        def lookup() -> Any | None:
+            runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{TAG_CREATE_TOKEN}` = '{token}'")
+            return runs[0] if runs else None
+
+        return create_once(lambda: self.client.create_run(experiment_id, tags=tags, **kwargs), lookup, what)
 
     # ----------------------------------------------------------------- parent run
-    def start_sweep(self, sweep: str, space: Mapping[str, Any], space_file: str | None = None) -> str:
-        """Create (or, on resume, find) the sweep's parent run and log the search space."""
-        existing = self.find_parent(sweep)
-        if existing:
-            with_retries(lambda: self.client.update_run(existing, status="RUNNING"), "reopen parent run")
-            return existing
+    def start_sweep(
+        self,
+        sweep: str,
+        space: Mapping[str, Any],
+        space_file: str | None = None,
+        resume: bool = False,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create the sweep's parent run and log the search space; on ``resume``, reopen it.
+
+        A resumed sweep reopens ``parent_run_id`` (the run its manifest recorded), or the run of its name
+        for sweeps from before the manifest had it. A new sweep never reopens a run: a name that already
+        has a parent run is refused (``SweepNameTaken``), since reopening would mix two sweeps' records.
+        """
+        if resume:
+            existing = parent_run_id or self.find_parent(sweep)
+            if existing:
+                with_retries(lambda: self.client.update_run(existing, status="RUNNING"), "reopen parent run")
+                return existing
+        elif self.find_parent(sweep):
+            raise SweepNameTaken(f"experiment {self.experiment!r} already has a sweep named {sweep}")
         note = (
             f"Sweep **{sweep}**: {space.get('num_samples', '?')} trials of search space "
             f"`{space.get('name', '?')}`, objective `{space.get('metric', '?')}` ({space.get('mode', '?')}). "
@@ -377,10 +460,9 @@ class Tracker:
             TAG_NOTE: note,
             **source_tags(),
             **environment_tags(),
+            **{k: str(v) for k, v in (tags or {}).items()},
         }
-        run = with_retries(
-            lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=sweep), "create parent run"
-        )
+        run = self._create_run(self.experiment_id, tags, "create parent run", run_name=sweep)
         run_id = run.info.run_id
         params = flatten_params({k: v for k, v in space.items() if k != "params"})
         params["search_space"] = json.dumps(space.get("params", {}), sort_keys=True)
@@ -445,7 +527,7 @@ class Tracker:
         commit and ``datasets`` (:mod:`hairseg_core.data.fingerprint`) as dataset inputs.
         """
         if run_id is None:
-            run_id = self.find_trial(sweep, trial_id)
+            run_id = self.find_trial(sweep, trial_id, parent_run_id)
         if run_id is not None:
             with_retries(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen trial run")
             return run_id
@@ -460,10 +542,7 @@ class Tracker:
             **source_tags(),
             **environment_tags(),
         }
-        run = with_retries(
-            lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=trial_name),
-            "create trial run",
-        )
+        run = self._create_run(self.experiment_id, tags, "create trial run", run_name=trial_name)
         self.log_params(run.info.run_id, flatten_params(params))
         self.log_datasets(run.info.run_id, datasets)
         return run.info.run_id
@@ -565,7 +644,9 @@ class Tracker:
         history = with_retries(lambda: self.client.get_metric_history(run_id, key), "read metric history")
         return [m.step for m in sorted(history, key=lambda m: (m.timestamp, m.step))]
 
-    def current_trial_run(self, sweep: str, trial_id: str, hint: str | None) -> str | None:
+    def current_trial_run(
+        self, sweep: str, trial_id: str, hint: str | None, parent_run_id: str | None = None
+    ) -> str | None:
         """The trial's live run: ``hint`` (from a checkpoint) unless it was superseded, else the tagged one.
 
         A checkpoint written before a restarted attempt replaced the trial's run still names the old
@@ -575,7 +656,7 @@ class Tracker:
             run = self.get_run(hint)
             if run.info.lifecycle_stage != "deleted" and TAG_SUPERSEDED_BY not in run.data.tags:
                 return hint
-        return self.find_trial(sweep, trial_id)
+        return self.find_trial(sweep, trial_id, parent_run_id)
 
     def supersede_trial_run(self, run_id: str, keep_through: int, reason: str) -> str:
         """Replace a trial's run by a copy holding only its epochs ``1..keep_through``; return the copy.
@@ -592,11 +673,13 @@ class Tracker:
         keep_tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") or k in _COPIED_MLFLOW_TAGS}
         keep_tags[TAG_SUPERSEDES] = run_id
         keep_tags["hairseg.supersede_reason"] = reason
-        new = with_retries(
-            lambda: self.client.create_run(
-                old.info.experiment_id, tags=keep_tags, run_name=old.info.run_name, start_time=old.info.start_time
-            ),
+        keep_tags.pop(TAG_CREATE_TOKEN, None)
+        new = self._create_run(
+            old.info.experiment_id,
+            keep_tags,
             "create replacement trial run",
+            run_name=old.info.run_name,
+            start_time=old.info.start_time,
         )
         new_id = new.info.run_id
         self.log_params(new_id, dict(old.data.params))
@@ -660,10 +743,7 @@ class Tracker:
         tags = {TAG_SWEEP: sweep, TAG_KIND: "finalize", MLFLOW_RUN_NAME: f"{sweep}-finalize"}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run = with_retries(
-            lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=tags[MLFLOW_RUN_NAME]),
-            "create finalize run",
-        )
+        run = self._create_run(self.experiment_id, tags, "create finalize run", run_name=tags[MLFLOW_RUN_NAME])
         self.log_params(run.info.run_id, flatten_params(params))
         return run.info.run_id
 

@@ -55,7 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue --run-name, or the newest restorable sweep under --storage (of --experiment if given)",
     )
-    p.add_argument("--run-name", help="Tune run name to create or resume (default: <experiment>-<timestamp>)")
+    p.add_argument(
+        "--run-name",
+        help="Tune run name to create or resume (default: <experiment>-<timestamp>-<random>); a new sweep "
+        "under a name that exists is refused",
+    )
+    p.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="with --resume: take over the sweep even though its lease names a driver that looks alive (one on "
+        "another host that is gone); a dead driver on this host, or one silent for $HAIRSEG_LEASE_STALE_S "
+        "(default 600) seconds, is taken over without it",
+    )
     p.add_argument("--no-finalize", action="store_true", help="skip CRF/matting evaluation, export, promotion")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     p.add_argument("--quiet", action="store_true", help="less Ray output")
@@ -88,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> SweepRequest:
         finalize=not args.no_finalize,
         num_cpus=args.num_cpus,
         quiet=args.quiet,
+        break_lease=args.break_lease,
     )
 
 
@@ -124,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     # A local Ray prestarts one idle Python worker per CPU (~80 MiB each) for tasks; Tune's trial actors
     # never take one (benchmarks/README.md, "Sweep overhead"), so on a sweep they are memory for nothing.
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-    ray.init(**sweep.ray_init_kwargs())
     try:
+        ray.init(**sweep.ray_init_kwargs())
         # What the cluster has (and its autoscaler could add) against what the space asks, before Tune:
         # Tune would otherwise wait for ever for resources no node has.
         status = check_cluster(sweep, cluster_view(sweep.address, node_types, cluster_config))
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_sweep(sweep)
     finally:
         ray.shutdown()
+        sweep.release()  # the sweep's lease: another driver may take the sweep over now
 
 
 def cluster_view(address: str, node_types: list[NodeShape] | None, cluster_config: str | None) -> ClusterView:

@@ -30,7 +30,7 @@ class MlflowStatusCallback(Callback):
 
     def _close(self, trial: Any, status: str) -> None:
         hint = (trial.last_result or {}).get("mlflow_run_id")
-        run_id = self.tracker.current_trial_run(self.tracking.sweep, trial.trial_id, hint)
+        run_id = self.tracker.current_trial_run(self.tracking.sweep, trial.trial_id, hint, self.tracking.parent_run_id)
         if not run_id:
             return
         epochs = int((trial.last_result or {}).get("training_iteration", 0))
@@ -52,9 +52,13 @@ class MlflowStatusCallback(Callback):
         self._close(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Retire the runs of trials this sweep does not have (started just before a driver died, unsaved)."""
+        """Retire the runs of trials this sweep does not have (started just before a driver died, unsaved).
+
+        Only runs this sweep created count (their ``hairseg.parent_run_id`` is this sweep's parent run): a
+        run of another sweep, even one with the same name, is never touched.
+        """
         known = {trial.trial_id for trial in trials}
-        for run in self.tracker.trial_runs(self.tracking.sweep):
+        for run in self.tracker.trial_runs(self.tracking.sweep, self.tracking.parent_run_id):
             trial_id = run.data.tags.get(TAG_TRIAL)
             if trial_id not in known:
                 self.tracker.retire_orphan_trial_run(

@@ -27,10 +27,12 @@ from hairseg_core.overrides import parse_set
 from hairseg_core.sweep import state
 from hairseg_core.sweep.preflight import PreflightError, check_ray_address, check_trial_inputs
 from hairseg_core.tracking import (
+    TAG_STORAGE,
     Tracker,
     TrackingUnavailable,
     check_tracking,
     default_artifact_location,
+    existing_sweep_run,
     log_sweep_summary,
     resolve_tracking_uri,
     ui_address,
@@ -60,6 +62,8 @@ class SweepRequest:
     finalize: bool = True
     num_cpus: int | None = None
     quiet: bool = False
+    #: take over the sweep's lease even though its holder looks alive (``--break-lease``)
+    break_lease: bool = False
 
 
 @dataclass
@@ -79,6 +83,16 @@ class PreparedSweep:
     plan: Any = None
     #: how trials get their data (memory or stream), chosen in preflight
     input_plan: InputPlan | None = None
+    #: this driver's hold on the sweep (``state.Lease``); the entry point releases it when the driver ends
+    lease: state.Lease | None = None
+    #: the MLflow parent run the sweep created (from its manifest, on ``--resume``)
+    parent_run_id: str | None = None
+
+    def release(self) -> None:
+        """Give the sweep's lease back (idempotent); a later driver may then take the sweep over."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     @property
     def space_file(self) -> str:
@@ -149,17 +163,72 @@ def prepare_sweep(
         print(f"error: {problem}", file=sys.stderr)
         return 2
     sweep = PreparedSweep(request, space, experiment, name, storage, tracking_uri, address, {}, None)
+    status = _claim(sweep)  # one name, one sweep, one driver: before anything slow
+    if status:
+        return status
+    try:
+        status = _check_inputs(sweep, check_cluster)
+    except BaseException:
+        sweep.release()
+        raise
+    if status:
+        sweep.release()
+        return status
+    return sweep
+
+
+def _check_inputs(sweep: PreparedSweep, check_cluster: Callable[[PreparedSweep], int | None] | None) -> int | None:
+    """The cluster check, then the weights and the data the trials need; an exit status on failure."""
     if check_cluster is not None and (status := check_cluster(sweep)):
         return status
     try:
-        inputs = check_trial_inputs(space, finalize=request.finalize)
+        inputs = check_trial_inputs(sweep.space, finalize=sweep.request.finalize)
     except PreflightError as exc:
         print(exc, file=sys.stderr)
         return 2
     if inputs.plan is not None:
         print(inputs.plan.describe())
     sweep.weights, sweep.data, sweep.input_plan = inputs.weights, inputs.data, inputs.plan
-    return sweep
+    return None
+
+
+def _claim(sweep: PreparedSweep) -> int | None:
+    """Take the sweep's lease; a new sweep must also have a name no sweep has. An exit status on failure.
+
+    The lease comes first, so that of two drivers starting one name at the same moment one wins the lease
+    and the other is refused; then a new sweep's name is checked against the storage (a manifest, Tune's
+    state) and the MLflow experiment (a parent run of that name): a new sweep under a taken name would
+    reopen the other sweep's parent run, overwrite its manifest and retire its trial runs.
+    """
+    request, name = sweep.request, sweep.name
+    command = state.resume_command(name, sweep.storage, request.address, request.tracking_uri)
+    try:
+        sweep.lease = state.acquire_lease(sweep.storage, name, break_lease=request.break_lease)
+    except state.LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if request.resume:
+            manifest = state.load_sweep_manifest(sweep.storage, name)
+            sweep.parent_run_id = (manifest or {}).get("parent_run_id")
+            return None
+        taken = state.sweep_in_storage(sweep.storage, name, ignore_lease=True)
+        run = existing_sweep_run(sweep.tracking_uri, sweep.experiment, name)
+        if run is not None:
+            taken = f"MLflow parent run {run} in experiment {sweep.experiment!r}"
+        if taken:
+            print(
+                f"error: sweep {name} already exists ({taken}); a new sweep needs a new --run-name. "
+                f"To continue it: {command}",
+                file=sys.stderr,
+            )
+            sweep.release()
+            return 2
+    except (state.ManifestCorrupt, TrackingUnavailable) as exc:
+        print(f"error: sweep {name}: {exc}", file=sys.stderr)
+        sweep.release()
+        return 2
+    return None
 
 
 def run_sweep(sweep: PreparedSweep) -> int:
@@ -173,9 +242,16 @@ def run_sweep(sweep: PreparedSweep) -> int:
     hint = resume_hint(name, storage, request.address, request.tracking_uri)
     try:
         tracker = Tracker(sweep.tracking_uri, sweep.experiment, default_artifact_location(sweep.tracking_uri))
-        parent = tracker.start_sweep(name, space.model_dump(), sweep.space_file)
+        parent = tracker.start_sweep(
+            name,
+            space.model_dump(),
+            sweep.space_file,
+            resume=request.resume,
+            parent_run_id=sweep.parent_run_id,
+            tags={TAG_STORAGE: state.sweep_dir(storage, name)},
+        )
         if not request.resume:
-            state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file)
+            state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file, parent_run_id=parent)
             if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
                 tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
         if sweep.input_plan is not None:
@@ -230,7 +306,7 @@ def run_sweep(sweep: PreparedSweep) -> int:
         print(f"picked for export: trial {best.trial_id}: {selection.reason}")
         status = 0
         if request.finalize:
-            status = _final_stage(best, space, tracker, parent, name)
+            status = _final_stage(best, space, tracker, parent, name, state.sweep_dir(storage, name))
         if status == 0 and progress.completed == space.num_samples:
             state.mark_sweep_finalized(storage, name, skipped=not request.finalize)
         tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
@@ -240,10 +316,12 @@ def run_sweep(sweep: PreparedSweep) -> int:
         return 130
 
 
-def _final_stage(best: Any, space: SearchSpace, tracker: Tracker, parent: str, name: str) -> int:
+def _final_stage(best: Any, space: SearchSpace, tracker: Tracker, parent: str, name: str, folder: str) -> int:
     """The final stage on the sweep's pick; a failure there leaves the trials safe and says how to rerun it."""
     try:
-        return finalize_sweep(best=best, space=space, tracker=tracker, parent_run_id=parent, sweep=name)
+        return finalize_sweep(
+            best=best, space=space, tracker=tracker, parent_run_id=parent, sweep=name, record_dir=folder
+        )
     except Exception as exc:  # the trials are safe; only this stage has to run again
         traceback.print_exc()
         print(

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +24,13 @@ from ray import tune
 
 from hairseg_core.config import SearchSpace, load_search_space, search_space_from_dict
 
+logger = logging.getLogger(__name__)
+
 
 def new_sweep_name(experiment: str) -> str:
-    return f"{experiment}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``<experiment>-<YYYYmmdd-HHMMSS>-<6 hex>``: the random suffix keeps two sweeps started in the same
+    second (two people, one space) apart; the name is also the MLflow parent run's and the Tune folder's."""
+    return f"{experiment}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 #: Written into a sweep's Tune folder when it starts, so ``--resume`` needs only the run name:
@@ -45,7 +55,11 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
     # newest first: by modification time where the filesystem has it, then by the timestamped name
     folders.sort(key=lambda i: (i.mtime_ns or 0, i.base_name), reverse=True)
     for info in folders:
-        manifest = _read_manifest(storage_path, info.base_name)
+        try:
+            manifest = _read_manifest(storage_path, info.base_name)
+        except ManifestCorrupt as exc:
+            logger.warning("skipping sweep %s: %s", info.base_name, exc)
+            continue
         if manifest is None and experiment is None:
             continue  # not a hairseg sweep
         if manifest is not None and sweep_done(manifest):
@@ -56,11 +70,21 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
 
 
 def save_sweep_manifest(
-    storage_path: str, name: str, experiment: str, space: SearchSpace, space_file: str | None
+    storage_path: str,
+    name: str,
+    experiment: str,
+    space: SearchSpace,
+    space_file: str | None,
+    parent_run_id: str | None = None,
 ) -> None:
-    """Record what a sweep runs beside Tune's state (same storage: survives a lost head node)."""
+    """Record what a sweep runs beside Tune's state (same storage: survives a lost head node).
+
+    ``parent_run_id`` is the MLflow run this sweep created: ``--resume`` reopens that run (never another
+    run that happens to carry the name), and the sweep retires only trial runs linked to it.
+    """
     payload = {
         "experiment": experiment,
+        "parent_run_id": parent_run_id,
         "space_file": space_file,
         "space": space.model_dump(mode="json"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -74,27 +98,72 @@ def _manifest_location(storage_path: str, name: str) -> tuple[Any, str]:
     return pyarrow.fs.FileSystem.from_uri(sweep_dir(storage_path, name))
 
 
-def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
-    fs, folder = _manifest_location(storage_path, name)
-    path = f"{folder}/{SWEEP_MANIFEST}"
+class ManifestCorrupt(ValueError):
+    """A sweep's manifest (or another JSON record in its folder) cannot be read: truncated, not JSON."""
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON object stored at ``uri`` (local path, s3://, gs://), None when absent; ``ManifestCorrupt``
+    (one line naming the file) when it is not a JSON object."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
+        raw = stream.read()
+    try:
+        payload = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestCorrupt(f"{uri} is corrupt ({len(raw)} bytes, not JSON: {exc})") from None
+    if not isinstance(payload, dict):
+        raise ManifestCorrupt(f"{uri} is corrupt (a JSON {type(payload).__name__}, not an object)")
+    return payload
+
+
+def write_json_atomic(uri: str, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` so that a reader sees the old file or the new one, never a torn one.
+
+    Local files: written to a temporary name in the same folder, flushed, then ``os.replace``d (atomic on
+    POSIX). Object stores (s3://, gs://): a PUT is atomic by itself (an object appears whole or not at all).
+    """
+    data = json.dumps(dict(payload), indent=2).encode()
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    folder = path.rsplit("/", 1)[0]
+    fs.create_dir(folder, recursive=True)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def manifest_uri(storage_path: str, name: str) -> str:
+    return f"{sweep_dir(storage_path, name)}/{SWEEP_MANIFEST}"
+
+
+def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
+    return read_json(manifest_uri(storage_path, name))
 
 
 def _write_manifest(storage_path: str, name: str, payload: dict[str, Any]) -> None:
-    fs, folder = _manifest_location(storage_path, name)
-    fs.create_dir(folder, recursive=True)
-    with fs.open_output_stream(f"{folder}/{SWEEP_MANIFEST}") as stream:
-        stream.write(json.dumps(payload, indent=2).encode())
+    write_json_atomic(manifest_uri(storage_path, name), payload)
 
 
 def load_sweep_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
     """The manifest ``save_sweep_manifest`` wrote, or None (sweeps started before manifests existed)."""
     payload = _read_manifest(storage_path, name)
     if payload is not None:
-        source = f"{sweep_dir(storage_path, name)}/{SWEEP_MANIFEST}"
+        source = manifest_uri(storage_path, name)
+        if not isinstance(payload.get("space"), dict) or not isinstance(payload.get("experiment"), str):
+            raise ManifestCorrupt(f"{source} is corrupt (no 'space' or 'experiment')")
         payload["space"] = search_space_from_dict(payload["space"], source=source)
     return payload
 
@@ -178,7 +247,10 @@ def resume_target(
     if name is None:
         which = f"of experiment {wanted!r} " if wanted else ""
         raise ResumeError(f"no unfinished restorable sweep {which}under {storage} (pass --run-name and --storage)")
-    manifest = load_sweep_manifest(storage, name)
+    try:
+        manifest = load_sweep_manifest(storage, name)
+    except ManifestCorrupt as exc:
+        raise ResumeError(f"sweep {name}: {exc}") from None
     if manifest is None:  # a sweep without a manifest: trust the command line
         space = given or load_search_space(default_space, dict(overrides))
         return space, experiment or f"hairseg-{space.name}", name
@@ -201,3 +273,190 @@ def resume_target(
     if experiment and experiment != manifest["experiment"]:
         raise ResumeError(f"sweep {name} logs to MLflow experiment {manifest['experiment']!r}, not {experiment!r}")
     return stored, manifest["experiment"], name
+
+
+def resume_command(name: str, storage: str, address: str | None = None, tracking_uri: str | None = None) -> str:
+    """The exact command that continues sweep ``name`` (the flags it was started with)."""
+    address_flag = f" --address {address}" if address else ""
+    tracking = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
+    return f"python pipelines/sweep.py --resume --run-name {name} --storage {storage}{address_flag}{tracking}"
+
+
+def sweep_in_storage(storage_path: str, name: str, ignore_lease: bool = False) -> str | None:
+    """What in ``storage_path`` says sweep ``name`` exists (its manifest, Tune's state, a driver's lease), or None.
+
+    A folder holding none of these (a driver that stopped before Tune started and released its lease)
+    does not make the name taken.
+    """
+    folder = sweep_dir(storage_path, name)
+    fs, path = pyarrow.fs.FileSystem.from_uri(folder)
+    for file, what in ((SWEEP_MANIFEST, "its manifest"), (SWEEP_LEASE, "a driver's lease")):
+        if file == SWEEP_LEASE and ignore_lease:
+            continue
+        if fs.get_file_info(f"{path}/{file}").type == pyarrow.fs.FileType.File:
+            return f"{what} {folder}/{file}"
+    if tune.Tuner.can_restore(folder):
+        return f"Tune's state in {folder}"
+    return None
+
+
+# ----------------------------------------------------------------------------- the driver's lease
+#: Held in a sweep's folder by the one driver running it: hostname, pid, start time, heartbeat.
+SWEEP_LEASE = "hairseg_lease.json"
+#: A lease whose heartbeat is older than this many seconds is stale (its holder is gone) and taken over.
+LEASE_STALE_ENV = "HAIRSEG_LEASE_STALE_S"
+DEFAULT_LEASE_STALE_S = 600.0
+
+
+class LeaseHeld(RuntimeError):
+    """Another live driver holds the sweep's lease: a second driver on one sweep would corrupt both."""
+
+
+def lease_stale_after() -> float:
+    raw = os.environ.get(LEASE_STALE_ENV)
+    try:
+        return DEFAULT_LEASE_STALE_S if raw is None else max(1.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{LEASE_STALE_ENV}={raw!r}: expected a number of seconds") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _now() -> float:
+    return time.time()
+
+
+def lease_staleness(holder: Mapping[str, Any], stale_after: float | None = None) -> str | None:
+    """Why ``holder``'s lease may be taken over (its pid is dead on this host, or no heartbeat), or None."""
+    stale_after = lease_stale_after() if stale_after is None else stale_after
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        if not _pid_alive(holder["pid"]):
+            return f"its driver (pid {holder['pid']} on this host) is gone"
+    age = _now() - float(holder.get("heartbeat", 0) or 0)
+    if age > stale_after:
+        return f"its last heartbeat was {age:.0f} s ago (stale after {stale_after:.0f} s, {LEASE_STALE_ENV})"
+    return None
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    age = _now() - float(holder.get("heartbeat", 0) or 0)
+    return (
+        f"host {holder.get('host')} pid {holder.get('pid')}, started {holder.get('started')}, "
+        f"last heartbeat {age:.0f} s ago"
+    )
+
+
+class Lease:
+    """This driver's hold on a sweep (``hairseg_lease.json`` in its folder), kept fresh by a heartbeat thread."""
+
+    def __init__(self, uri: str, holder: dict[str, Any], interval: float) -> None:
+        self.uri = uri
+        self.holder = holder
+        self.interval = interval
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hairseg-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                current = read_json(self.uri)
+                if current is None or current.get("token") != self.holder["token"]:
+                    self.lost = f"the lease {self.uri} was taken over ({describe_holder(current or {})})"
+                    logger.error("%s: another driver may be running this sweep", self.lost)
+                    return
+                self.holder["heartbeat"] = _now()
+                write_json_atomic(self.uri, self.holder)
+            except (OSError, ManifestCorrupt) as exc:  # storage blip: try again at the next beat
+                logger.warning("lease heartbeat on %s failed: %s", self.uri, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still this driver's."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            current = read_json(self.uri)
+            if current is not None and current.get("token") == self.holder["token"]:
+                fs, path = pyarrow.fs.FileSystem.from_uri(self.uri)
+                fs.delete_file(path)
+                folder = Path(path).parent
+                if isinstance(fs, pyarrow.fs.LocalFileSystem) and folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()  # a driver that stopped before Tune started leaves no trace
+        except (OSError, ManifestCorrupt) as exc:
+            logger.warning("could not release the lease %s: %s", self.uri, exc)
+
+
+def _take_local_lease(path: str, holder: Mapping[str, Any], name: str, uri: str, stale: bool) -> None:
+    """Create the lease file whole and only if absent (``os.link`` of a written temporary file fails when the
+    name exists); a stale one is first renamed aside, which only one of two drivers taking it over can do."""
+    folder = path.rsplit("/", 1)[0]
+    os.makedirs(folder, exist_ok=True)
+    if stale:
+        try:
+            os.replace(path, f"{path}.broken-{holder['token']}")
+        except FileNotFoundError:
+            raise LeaseHeld(f"sweep {name}: another driver took over its stale lease at the same moment") from None
+    tmp = f"{path}.tmp-{holder['token']}"
+    with open(tmp, "wb") as out:
+        out.write(json.dumps(dict(holder), indent=2).encode())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise LeaseHeld(f"sweep {name} is being started by another driver right now (lease {uri})") from None
+    finally:
+        os.unlink(tmp)
+    if stale:
+        for old in Path(folder).glob(f"{SWEEP_LEASE}.broken-*"):
+            old.unlink(missing_ok=True)
+
+
+def acquire_lease(storage_path: str, name: str, break_lease: bool = False, interval: float | None = None) -> Lease:
+    """Take sweep ``name``'s lease, or raise ``LeaseHeld`` naming the live driver that has it.
+
+    A lease is taken over without asking when it is stale (``lease_staleness``) or ``break_lease`` is set
+    (``--break-lease``: the holder is known to be gone, e.g. on another host that was shut down). On a
+    local or shared filesystem the lease is created with ``O_EXCL``, so of two drivers starting at once
+    exactly one wins; on an object store the check is write-then-read-back, which narrows the race to
+    the store's write latency.
+    """
+    uri = f"{sweep_dir(storage_path, name)}/{SWEEP_LEASE}"
+    stale_after = lease_stale_after()
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "heartbeat": _now(),
+        "token": secrets.token_hex(8),
+    }
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    try:
+        current = read_json(uri)
+    except ManifestCorrupt:
+        current = {}  # a lease nobody can read holds nothing (it is written whole, so it is not in progress)
+    if current is not None:
+        why = "--break-lease was given" if break_lease else lease_staleness(current, stale_after)
+        if why is None:
+            raise LeaseHeld(
+                f"sweep {name} is being run by another driver ({describe_holder(current)}; lease {uri}). "
+                "Wait for it to end; if that driver is gone for good, add --break-lease."
+            )
+        logger.warning("taking over the lease of sweep %s from %s: %s", name, describe_holder(current), why)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        _take_local_lease(path, holder, name, uri, stale=current is not None)
+    else:
+        write_json_atomic(uri, holder)
+    time.sleep(0.05)
+    check = read_json(uri)
+    if check is None or check.get("token") != holder["token"]:
+        other = describe_holder(check or {})
+        raise LeaseHeld(f"sweep {name}: another driver took its lease at the same moment ({other})")
+    return Lease(uri, holder, interval if interval is not None else min(30.0, stale_after / 4))

@@ -16,17 +16,14 @@ from hairseg_core.config import SearchSpace
 from hairseg_core.pareto import Selection, describe_rule, format_front, log_front
 from hairseg_core.report import format_table
 from hairseg_core.sweep.results import FRONT_EXTRA_METRICS, BestTrial, latency_machines, sweep_front
+from hairseg_core.sweep.state import resume_command
 from hairseg_core.tracking import Tracker, ui_command
 
 
 def resume_hint(name: str, storage: str, address: str | None = None, tracking_uri: str | None = None) -> str:
     """The exact command that continues an interrupted sweep (the flags it was started with)."""
-    address_flag = f" --address {address}" if address else ""
-    tracking = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
-    return (
-        f"interrupted: finished trials are kept; resume with\n"
-        f"  python pipelines/sweep.py --resume --run-name {name} --storage {storage}{address_flag}{tracking}"
-    )
+    command = resume_command(name, storage, address, tracking_uri)
+    return f"interrupted: finished trials are kept; resume with\n  {command}"
 
 
 def print_errors(rows: list[dict[str, Any]]) -> None:

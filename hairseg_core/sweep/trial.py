@@ -113,7 +113,7 @@ def run_trial(
 def _record_error(tracking: TrackingSettings, trial_id: str, error: BaseException) -> None:
     """Put the error's message on the trial's MLflow run (the driver closes it FAILED)."""
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
-    run_id = tracker.find_trial(tracking.sweep, trial_id)
+    run_id = tracker.find_trial(tracking.sweep, trial_id, tracking.parent_run_id)
     if run_id is None:  # failed before its run existed (e.g. while building the model)
         run_id = tracker.start_trial(
             tracking.sweep, tracking.parent_run_id, trial_id, tune.get_context().get_trial_name(), params={}
@@ -154,7 +154,9 @@ def _train_trial(
     cost, measured = _model_cost(trainer, latency)
 
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
-    known_run = tracker.current_trial_run(tracking.sweep, trial_id, trainer.extra.get("mlflow_run_id"))
+    known_run = tracker.current_trial_run(
+        tracking.sweep, trial_id, trainer.extra.get("mlflow_run_id"), tracking.parent_run_id
+    )
     ended = _epochs_if_ended(tracker, known_run) if known_run else None
     if ended is not None:
         # The driver closed this trial's run (completed or stopped by ASHA) and then died
