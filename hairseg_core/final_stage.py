@@ -23,9 +23,17 @@ from typing import Any
 import pyarrow.fs
 
 from hairseg_core.config import FinalizeSettings, SearchSpace, load_search_space
+from hairseg_core.final_record import FinalRecord, checkpoint_digest
 from hairseg_core.sweep_report import write_report
 from hairseg_core.threads import configure_threads
-from hairseg_core.tracking import Tracker, TrackingUnavailable, check_tracking, resolve_tracking_uri, with_retries
+from hairseg_core.tracking import (
+    TAG_STORAGE,
+    Tracker,
+    TrackingUnavailable,
+    check_tracking,
+    resolve_tracking_uri,
+    with_retries,
+)
 
 
 class NoFinishedSweep(LookupError):
@@ -42,11 +50,30 @@ def local_checkpoint(path: str, workdir: Path) -> Path:
     return local / "checkpoint.pt" if local.is_dir() else local
 
 
+def open_record(folder: str | None, checkpoint: Path) -> FinalRecord:
+    """The final-stage record of ``checkpoint`` in the sweep's ``folder``; in memory when there is no folder or
+    it cannot be read from here (the registry lookups then keep the stage from repeating itself)."""
+    digest = checkpoint_digest(checkpoint)
+    try:
+        return FinalRecord.in_folder(folder, digest)
+    except OSError as exc:
+        print(f"warning: final-stage record in {folder} not readable here ({exc}); continuing without it")
+        return FinalRecord(None, digest)
+
+
 def finalize_sweep(
-    best: Any, space: SearchSpace, tracker: Tracker, parent_run_id: str | None, sweep: str, dry_run: bool = False
+    best: Any,
+    space: SearchSpace,
+    tracker: Tracker,
+    parent_run_id: str | None,
+    sweep: str,
+    dry_run: bool = False,
+    record_dir: str | None = None,
 ) -> int:
     """The sweep's last step: ``best`` is ``hairseg_core.sweep.results.BestTrial``; returns the exit status.
 
+    ``record_dir`` (the sweep's folder in Tune's storage) holds the stage's record
+    (``hairseg_core.final_record``): a resumed or repeated stage continues after its last recorded step.
     A report that cannot be built returns 1 after the model was registered and promoted: only the
     report has to be redone, and the message says how.
     """
@@ -54,10 +81,13 @@ def finalize_sweep(
 
     with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
         ckpt = local_checkpoint(best.checkpoint_path, Path(tmp))
-        finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run)
+        record = open_record(record_dir, ckpt)
+        finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run, record=record)
     if parent_run_id and not dry_run:
         try:
-            report(tracker, parent_run_id, space.finalize.export_dir)
+            if record.get("report") is None:
+                path = report(tracker, parent_run_id, space.finalize.export_dir)
+                record.mark("report", path=str(path))
         except Exception as exc:  # the model is registered and promoted: only the report has to be redone
             traceback.print_exc()
             print(
@@ -126,6 +156,7 @@ def run_final_stage(request: FinalStageRequest) -> int:
     if request.checkpoint:
         state = load_checkpoint(request.checkpoint)
         train_config, checkpoint, parent, sweep = state["train_config"], request.checkpoint, None, "manual"
+        folder = None
         tracker = Tracker(tracking_uri, request.experiment)
     else:
         if request.run_id:
@@ -143,6 +174,7 @@ def run_final_stage(request: FinalStageRequest) -> int:
                 print(exc, file=sys.stderr)
                 return 1
         parent, sweep = run.info.run_id, run.data.tags["hairseg.sweep"]
+        folder = run.data.tags.get(TAG_STORAGE)  # the sweep's folder: its final-stage record
         if request.report_only:
             report(tracker, parent)
             return 0
@@ -157,7 +189,9 @@ def run_final_stage(request: FinalStageRequest) -> int:
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
         ckpt = local_checkpoint(checkpoint, Path(tmp))
-        finalize(ckpt, train_config, settings, tracker, parent, sweep=sweep, dry_run=request.dry_run)
-    if parent and not request.dry_run:
-        report(tracker, parent, settings.export_dir)
+        record = open_record(folder, ckpt)
+        finalize(ckpt, train_config, settings, tracker, parent, sweep=sweep, dry_run=request.dry_run, record=record)
+    if parent and not request.dry_run and record.get("report") is None:
+        path = report(tracker, parent, settings.export_dir)
+        record.mark("report", path=str(path))
     return 0

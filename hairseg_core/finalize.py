@@ -20,6 +20,9 @@ All MLflow calls go through ``hairseg_core.tracking``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,12 +45,14 @@ from hairseg_core.data.input_path import source_dataset
 from hairseg_core.data.splits import LazySplit, RawSplit, sample_dicts
 from hairseg_core.evaluate import evaluate_predictor
 from hairseg_core.export import export_all
+from hairseg_core.final_record import FinalRecord, checkpoint_digest, pause_point
 from hairseg_core.inference import HairPredictor, load_predictor
 from hairseg_core.metrics import SegmentationMetrics
 from hairseg_core.postprocess.pipeline import build_table5_variants
 from hairseg_core.report import format_table
 from hairseg_core.scaling import describe_scale, model_train_scale
 from hairseg_core.temporal import DEFAULT_SMOOTHER, video_stability
+from hairseg_core.tracking import TAG_CHECKPOINT_DIGEST
 from hairseg_core.visualize import metrics_bar_figure, overlay
 
 TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
@@ -245,56 +250,234 @@ def finalize(
     sweep: str,
     dry_run: bool = False,
     progress: bool = True,
+    record: FinalRecord | None = None,
 ) -> FinalizeResult:
-    """Run the whole final stage for one checkpoint; see the module docstring."""
+    """Run the whole final stage for one checkpoint; see the module docstring.
+
+    Idempotent per (``sweep``, checkpoint): each step is recorded in ``record`` (``hairseg_core.final_record``;
+    in memory when None) and skipped when a later call finds it done, and a model version registered for
+    this sweep and checkpoint (found by its tags) is never registered again. A repeat after the stage ended
+    changes nothing and prints the recorded decision with its interval. A dry run reads and records nothing.
+    """
+    digest = checkpoint_digest(checkpoint_path)
+    if dry_run or record is None or record.digest != digest:
+        record = FinalRecord(None, digest)
+    if not dry_run:
+        found = (record.get("registration") or {}).get("version") or tracker.find_model_version(
+            settings.registered_model, sweep, digest
+        )
+        if found is not None:
+            return _after_registration(str(found), record, settings, tracker, sweep, digest)
+
     model, scale = load_trained_model(checkpoint_path)
-    predictor = HairPredictor.from_model(model, scale=scale)
     primary = test_sources(train_config)[0]
     test = load_test_split(train_config, settings.test_split, settings.max_test_images, primary)
     print(
         f"final stage: {len(test)} {primary.name} {settings.test_split} images, checkpoint {checkpoint_path}, "
         f"network at short side {scale} px (its training base_size), metrics at native resolution"
     )
-
-    counts: dict[str, PerImageCounts] = {}
-    table, panels = postprocessing_table(predictor, test, settings, progress=progress, per_image=counts)
-    # one set of resamples for Table 5's intervals and the promotion decision
-    weights = bootstrap_weights(len(test), settings.bootstrap_resamples, settings.bootstrap_seed)
-    add_intervals(table, counts, weights, settings.promote_confidence)
+    evaluated = record.get("table5")
+    decided = record.get("decision")
+    panels: list[np.ndarray] = []
+    if evaluated is None or decided is None:
+        predictor = HairPredictor.from_model(model, scale=scale)
+        counts: dict[str, PerImageCounts] = {}
+        table, panels = postprocessing_table(predictor, test, settings, progress=progress, per_image=counts)
+        # one set of resamples for Table 5's intervals and the promotion decision
+        weights = bootstrap_weights(len(test), settings.bootstrap_resamples, settings.bootstrap_seed)
+        add_intervals(table, counts, weights, settings.promote_confidence)
+        # every source's test split, network alone: the first source's row is Table 5's baseline
+        per_source = [{"source": primary.name, "images": len(test), **{k: table[0][k] for k in TABLE_METRICS}}]
+        per_source += other_sources_table(predictor, train_config, settings, progress=progress)
+        record.mark("table5", table=_jsonable(table), per_source=_jsonable(per_source), images=len(test))
+    else:
+        table, per_source, weights = evaluated["table"], evaluated["per_source"], None
+        print(f"Table 5 of this checkpoint was evaluated at {evaluated['at']}; continuing after it")
     print()
     title = (
         f"post-processing on the test split (paper Table 5), network at {scale} px, metrics at native size; "
-        f"miou_lo/miou_hi: {settings.promote_confidence:.0%} bootstrap interval ({len(weights)} resamples)"
+        f"miou_lo/miou_hi: {settings.promote_confidence:.0%} bootstrap interval "
+        f"({settings.bootstrap_resamples} resamples)"
     )
     print(format_table(table, title=title))
     baseline = table[0]
-    # every source's test split, network alone: the first source's row is Table 5's baseline
-    per_source = [{"source": primary.name, "images": len(test), **{k: baseline[k] for k in TABLE_METRICS}}]
-    per_source += other_sources_table(predictor, train_config, settings, progress=progress)
     if len(per_source) > 1:
         print()
         print(format_table(per_source, title=f"test split of every data source, network at {scale} px, native size"))
 
+    # -- registry decision: the current champion on the very same images, decided once and recorded, so a
+    # resumed stage never compares the model with itself after it was promoted
+    if decided is None:
+        decision, comparison, notes = _decide(tracker, settings, test, table, counts, weights, scale, dry_run)
+        if not dry_run:
+            record.mark("decision", decision=decision, tags=promotion_tags(comparison), notes=notes)
+        tags_of_decision = promotion_tags(comparison)
+    else:
+        decision, tags_of_decision, notes = decided["decision"], decided["tags"], decided["notes"]
+        print(f"\npromotion decision (recorded {decided['at']}): {_decision_line(decision)}")
+
     export_dir = Path(settings.export_dir) / sweep
-    export = export_all(
-        model,
-        export_dir,
-        input_size=settings.export_size,  # None: the trained scale
-        metrics={k: baseline[k] for k in TABLE_METRICS},
-        sample_image=test.sample(0)[0],
-        train_scale=scale,
-    )
-    (export_dir / "postprocessing.json").write_text(json.dumps(table, indent=2))
+    exported = record.get("export")
+    if exported is not None and (export_dir / "model.onnx").is_file():
+        export = exported["export"]
+    else:
+        export = export_atomically(
+            export_dir,
+            lambda out: export_all(
+                model,
+                out,
+                input_size=settings.export_size,  # None: the trained scale
+                metrics={k: baseline[k] for k in TABLE_METRICS},
+                sample_image=test.sample(0)[0],
+                train_scale=scale,
+            ),
+            table,
+        )
+        record.mark("export", export=_jsonable(export))
     print(
         f"\nexported webcam model to {export_dir}/ (model.onnx, model.ts, model.json): letterbox "
         f"{export['input_size']} px, trained at {scale} px"
     )
 
-    run_id = tracker.start_finalize(
-        sweep,
-        parent_run_id,
-        params={"checkpoint": str(checkpoint_path), "inference_scale": scale, **settings.model_dump()},
+    run_id = (record.get("finalize_run") or {}).get("run_id")
+    if run_id is not None:
+        tracker.reopen_finalize(sweep, run_id)
+    else:
+        run_id = tracker.start_finalize(
+            sweep,
+            parent_run_id,
+            params={"checkpoint": str(checkpoint_path), "inference_scale": scale, **settings.model_dump()},
+        )
+        if not dry_run:
+            record.mark("finalize_run", run_id=run_id)
+    if record.get("logged") is None:
+        _log_stage(tracker, run_id, table, per_source, panels, export_dir, test, scale, decision, tags_of_decision)
+        if not dry_run:
+            record.mark("logged")
+
+    version = None
+    if dry_run:
+        print(f"\n[dry run] would {'promote' if decision['promote'] else 'not promote'}: {decision['reason']}")
+    else:
+        version = tracker.register_model(
+            run_id,
+            export_dir,  # the ONNX model with its state-dict checkpoint: nothing pickled
+            settings.registered_model,
+            tags={
+                "hairseg.sweep": sweep,
+                TAG_CHECKPOINT_DIGEST: digest,
+                TAG_DECISION: json.dumps(_short_decision(decision)),
+                "hairseg.parent_run_id": parent_run_id or "",
+                "hairseg.test_split": settings.test_split,
+                "hairseg.test_images": len(test),
+                "hairseg.export_dir": str(export_dir.resolve()),
+                "hairseg.export_run_id": run_id,
+                TAG_INFERENCE_SCALE: scale,
+                "hairseg.metric_resolution": "native",
+                **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS},
+                "hairseg.test_source": primary.name,
+                **{f"test_{r['source']}_{k}": f"{r[k]:.6f}" for r in per_source for k in TABLE_METRICS},
+                **tags_of_decision,
+            },
+        )
+        record.mark("registration", version=version)
+        return _after_registration(version, record, settings, tracker, sweep, digest, export=export, notes=notes)
+    for note in notes:
+        print(note)
+    tracker.log_dict(run_id, {"decision": decision, "export": _jsonable(export)}, "finalize.json")
+    tracker.end_run(run_id, "FINISHED")
+    return FinalizeResult(
+        table=table,
+        export=export,
+        decision=decision,
+        model_version=version,
+        finalize_run_id=run_id,
+        notes=notes,
+        inference_scale=scale,
     )
+
+
+#: Model-version tag: the promotion decision (promote, reason with its interval, the champion it was made
+#: against) as JSON, so a repeated final stage prints it again without recomputing it.
+TAG_DECISION = "hairseg.decision"
+
+
+def _short_decision(decision: dict[str, Any]) -> dict[str, Any]:
+    keys = ("promote", "reason", "new_score", "champion_score", "champion_version", "margin")
+    return {k: decision.get(k) for k in keys}
+
+
+def _decision_line(decision: dict[str, Any]) -> str:
+    return f"{'promote' if decision['promote'] else 'keep the champion'}: {decision['reason']}"
+
+
+def _decide(
+    tracker: Any,
+    settings: FinalizeSettings,
+    test: RawSplit,
+    table: list[dict[str, Any]],
+    counts: dict[str, PerImageCounts],
+    weights: Any,
+    scale: int | None,
+    dry_run: bool,
+) -> tuple[dict[str, Any], PairedComparison | None, list[str]]:
+    """Evaluate the current champion on the same images and decide whether the new model replaces it."""
+    champion = tracker.champion(settings.registered_model)
+    champion_score = None
+    champion_scale: int | None = None
+    comparison: PairedComparison | None = None
+    notes = []
+    if champion is not None:
+        champ_model = tracker.load_model(f"models:/{settings.registered_model}/{champion.version}")
+        champion_scale = champion_inference_scale(champion, champ_model)
+        champ_counts = PerImageCounts()
+        champ_scores = evaluate_predictor(
+            HairPredictor.from_model(champ_model, scale=champion_scale), _as_dataset(test), per_image=champ_counts
+        )
+        champion_score = champ_scores[settings.promote_metric]
+        comparison = paired_bootstrap(
+            counts[table[0]["method"]],
+            champ_counts,
+            settings.promote_metric,
+            confidence=settings.promote_confidence,
+            seed=settings.bootstrap_seed,
+            weights=weights,
+        )
+        where = f"{champion_scale} px" if champion_scale else "native resolution (it records no trained scale)"
+        notes.append(
+            f"champion v{champion.version} re-evaluated on the same {len(test)} images, network at {where}: "
+            f"{settings.promote_metric} {champion_score:.4f}"
+        )
+    promote, reason = decide_paired_promotion(comparison, settings.promote_margin)
+    decision = {
+        "promote": promote,
+        "reason": reason,
+        "new_score": table[0][settings.promote_metric],
+        "champion_score": champion_score,
+        "champion_version": str(champion.version) if champion else None,
+        "inference_scale": scale,
+        "champion_inference_scale": describe_scale(champion_scale) if champion else None,
+        "dry_run": dry_run,
+        "margin": settings.promote_margin,
+        "bootstrap": comparison.as_dict() if comparison is not None else None,
+    }
+    print(f"\npromotion decision: {_decision_line(decision)}")
+    return decision, comparison, notes
+
+
+def _log_stage(
+    tracker: Any,
+    run_id: str,
+    table: list[dict[str, Any]],
+    per_source: list[dict[str, Any]],
+    panels: list[np.ndarray],
+    export_dir: Path,
+    test: RawSplit,
+    scale: int | None,
+    decision: dict[str, Any],
+    tags_of_decision: dict[str, Any],
+) -> None:
+    """Table 5, the per-source table, the examples, the exports and the decision onto the final-stage run."""
     tracker.set_tags(run_id, {TAG_INFERENCE_SCALE: scale, "hairseg.metric_resolution": "native"})
     tracker.log_table(run_id, table, "table5/postprocessing.json")
     if len(per_source) > 1:
@@ -327,107 +510,132 @@ def finalize(
         f"{stability['flicker_boundary']:.2%} / {stability['flicker_boundary_none']:.2%}"
     )
     tracker.log_metrics(run_id, {k: v for k, v in stability.items() if np.isfinite(v)}, step=0)
-
-    # -- registry: evaluate the current champion on the very same images, then decide
-    champion = tracker.champion(settings.registered_model)
-    champion_score = None
-    champion_scale: int | None = None
-    comparison: PairedComparison | None = None
-    notes = []
-    if champion is not None:
-        champ_model = tracker.load_model(f"models:/{settings.registered_model}@champion")
-        champion_scale = champion_inference_scale(champion, champ_model)
-        champ_counts = PerImageCounts()
-        champ_scores = evaluate_predictor(
-            HairPredictor.from_model(champ_model, scale=champion_scale), _as_dataset(test), per_image=champ_counts
-        )
-        champion_score = champ_scores[settings.promote_metric]
-        comparison = paired_bootstrap(
-            counts[table[0]["method"]],
-            champ_counts,
-            settings.promote_metric,
-            confidence=settings.promote_confidence,
-            seed=settings.bootstrap_seed,
-            weights=weights,
-        )
-        where = f"{champion_scale} px" if champion_scale else "native resolution (it records no trained scale)"
-        notes.append(
-            f"champion v{champion.version} re-evaluated on the same {len(test)} images, network at {where}: "
-            f"{settings.promote_metric} {champion_score:.4f}"
-        )
-    new_score = baseline[settings.promote_metric]
-    promote, reason = decide_paired_promotion(comparison, settings.promote_margin)
-    print(f"\npromotion decision: {'promote' if promote else 'keep the champion'}: {reason}")
-    tracker.set_tags(run_id, promotion_tags(comparison))
-    if comparison is not None:
+    tracker.set_tags(run_id, tags_of_decision)
+    bootstrap = decision.get("bootstrap")
+    if bootstrap:
         tracker.log_metrics(
             run_id,
             {
-                "promotion_diff": comparison.diff,
-                "promotion_diff_mean": comparison.diff_mean,
-                "promotion_ci_lo": comparison.lo,
-                "promotion_ci_hi": comparison.hi,
-                "promotion_images": comparison.n_images,
+                "promotion_diff": bootstrap["diff"],
+                "promotion_diff_mean": bootstrap["diff_mean"],
+                "promotion_ci_lo": bootstrap["lo"],
+                "promotion_ci_hi": bootstrap["hi"],
+                "promotion_images": bootstrap["n_images"],
             },
             step=0,
         )
-    decision = {
-        "promote": promote,
-        "reason": reason,
-        "new_score": new_score,
-        "champion_score": champion_score,
-        "champion_version": str(champion.version) if champion else None,
-        "inference_scale": scale,
-        "champion_inference_scale": describe_scale(champion_scale) if champion else None,
-        "dry_run": dry_run,
-        "margin": settings.promote_margin,
-        "bootstrap": comparison.as_dict() if comparison is not None else None,
-    }
-    version = None
-    if dry_run:
-        print(f"\n[dry run] would {'promote' if promote else 'not promote'}: {reason}")
+
+
+def _after_registration(
+    version: str,
+    record: FinalRecord,
+    settings: FinalizeSettings,
+    tracker: Any,
+    sweep: str,
+    digest: str,
+    export: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> FinalizeResult:
+    """Promotion and the run's closing, for a version registered now or by an earlier attempt.
+
+    ``@champion`` moves at most once: only when the decision says so, the alias is not already on this
+    version, and the champion the decision was made against is still the champion (a decision against a
+    champion that another sweep has replaced meanwhile is stale, and the alias stays where it is).
+    """
+    name = settings.registered_model
+    mv = tracker.get_model_version(name, version)
+    repeat = export is None  # found, not registered by this call
+    decided = record.get("decision")
+    if decided is not None:
+        decision, when = decided["decision"], decided["at"]
     else:
-        version = tracker.register_model(
+        decision, when = json.loads(mv.tags.get(TAG_DECISION) or "{}"), "on the model version"
+    if not decision:  # a version registered before decisions were recorded on it
+        decision = {"promote": False, "reason": "no recorded decision: the alias is left where it is"}
+    run_id = (record.get("finalize_run") or {}).get("run_id") or mv.tags.get("hairseg.export_run_id")
+    if repeat:
+        print(
+            f"final stage of sweep {sweep} on checkpoint {digest[:12]} was done before: {name} v{version} "
+            f"(found by its tags; nothing registered again)"
+        )
+        print(f"promotion decision (recorded {when}): {_decision_line(decision)}")
+    promoted = record.get("promotion")
+    if promoted is not None:
+        on_it = bool(promoted.get("promoted"))
+    else:
+        champion = tracker.champion(name)
+        current = str(champion.version) if champion is not None else None
+        on_it = current == version
+        if decision["promote"] and not on_it:
+            if current == decision.get("champion_version"):
+                tracker.set_champion(name, version)
+                on_it = True
+            else:
+                print(
+                    f"not promoted after all: @champion moved to v{current} since the decision (made against "
+                    f"{decision.get('champion_version') or 'no champion'}); rerun the final stage to compare again"
+                )
+        record.mark("promotion", promoted=on_it)
+    if record.get("finished") is None and run_id:
+        tracker.set_tags(
             run_id,
-            export_dir,  # the ONNX model with its state-dict checkpoint: nothing pickled
-            settings.registered_model,
-            tags={
-                "hairseg.sweep": sweep,
-                "hairseg.parent_run_id": parent_run_id or "",
-                "hairseg.test_split": settings.test_split,
-                "hairseg.test_images": len(test),
-                "hairseg.export_dir": str(export_dir.resolve()),
-                "hairseg.export_run_id": run_id,
-                TAG_INFERENCE_SCALE: scale,
-                "hairseg.metric_resolution": "native",
-                **{f"test_{k}": f"{baseline[k]:.6f}" for k in TABLE_METRICS},
-                "hairseg.test_source": primary.name,
-                **{f"test_{r['source']}_{k}": f"{r[k]:.6f}" for r in per_source for k in TABLE_METRICS},
-                **promotion_tags(comparison),
+            {
+                "hairseg.model_version": version,
+                "hairseg.promoted": on_it,
+                "hairseg.promotion_reason": decision["reason"],
             },
         )
-        if promote:
-            tracker.set_champion(settings.registered_model, version)
-        tracker.set_tags(
-            run_id, {"hairseg.model_version": version, "hairseg.promoted": promote, "hairseg.promotion_reason": reason}
-        )
-        print(
-            f"\nregistered {settings.registered_model} v{version}: "
-            f"{'promoted to @champion' if promote else 'not promoted'} ({reason})"
-        )
-    for note in notes:
+        if export is not None:
+            tracker.log_dict(run_id, {"decision": decision, "export": _jsonable(export)}, "finalize.json")
+        if tracker.get_run(run_id).info.status != "FINISHED":
+            tracker.end_run(run_id, "FINISHED")
+        record.mark("finished")
+    print(
+        f"\nregistered {name} v{version}: {'promoted to @champion' if on_it else 'not promoted'} ({decision['reason']})"
+    )
+    for note in notes or []:
         print(note)
-    tracker.log_dict(run_id, {"decision": decision, "export": _jsonable(export)}, "finalize.json")
-    tracker.end_run(run_id, "FINISHED")
+    table = (record.get("table5") or {}).get("table", [])
     return FinalizeResult(
         table=table,
-        export=export,
+        export=export or (record.get("export") or {}).get("export", {}),
         decision=decision,
         model_version=version,
         finalize_run_id=run_id,
-        notes=notes,
-        inference_scale=scale,
+        notes=notes or [],
+        inference_scale=(decision.get("inference_scale") if isinstance(decision, dict) else None),
     )
+
+
+def export_atomically(export_dir: Path, write: Any, table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write the export into a temporary folder beside ``export_dir``, then swap it in.
+
+    A reader (the webcam app, the next step) sees the old folder or the new one, never a half-written mix;
+    a kill leaves at most a ``.<sweep>.tmp-*`` folder, which the next export removes.
+    """
+    export_dir = Path(export_dir)
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in export_dir.parent.glob(f".{export_dir.name}.*-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
+    try:
+        export = write(tmp)
+        if table is not None:
+            (tmp / "postprocessing.json").write_text(json.dumps(table, indent=2))
+        if export_dir.is_dir() and (export_dir / "report.html").is_file() and not (tmp / "report.html").exists():
+            shutil.copy2(export_dir / "report.html", tmp / "report.html")  # the report is rebuilt later
+        pause_point("export_written")
+        old = None
+        if export_dir.exists():
+            old = export_dir.parent / f".{export_dir.name}.old-{os.getpid()}"
+            os.replace(export_dir, old)
+        os.replace(tmp, export_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return export
 
 
 def champion_inference_scale(version: Any, model: Any) -> int | None:

@@ -913,6 +913,8 @@ def write_report(tracker: Tracker, parent_run_id: str, export_dir: str | Path | 
     )
     path = root / record.sweep / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(record), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(render_report(record), encoding="utf-8")
+    os.replace(tmp, path)  # a reader sees the old report or the new one, never half of one
     with_retries(lambda: tracker.client.log_artifact(parent_run_id, str(path)), "log report")
     return path

@@ -747,6 +747,15 @@ class Tracker:
         self.log_params(run.info.run_id, flatten_params(params))
         return run.info.run_id
 
+    def reopen_finalize(self, sweep: str, run_id: str) -> None:
+        """Continue the final-stage run an earlier attempt created (recorded in the sweep's final-stage record);
+        other final-stage runs of the sweep left RUNNING by killed attempts are closed KILLED."""
+        stale = self._find(f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'finalize'")
+        for run in stale:
+            if run.info.status == "RUNNING" and run.info.run_id != run_id:
+                self.end_run(run.info.run_id, "KILLED")
+        with_retries(lambda: self.client.update_run(run_id, status="RUNNING"), "reopen finalize run")
+
     def champion(self, name: str, alias: str = CHAMPION_ALIAS) -> Any | None:
         """The model version behind ``models:/<name>@champion``, or None when there is none yet."""
 
@@ -797,6 +806,11 @@ class Tracker:
         ``model.json`` ride along as extra files, from which :meth:`load_model` rebuilds the torch module.
         The signature has dynamic batch, height and width; the input example is one 64x64 synthetic
         portrait, normalised as the metadata says.
+
+        At most one version per (``tags["hairseg.sweep"]``, ``tags["hairseg.checkpoint_digest"]``): the version
+        is looked up by those tags first, created with its tags in the same call (a version never exists
+        untagged), and looked up again instead of created again when a create's answer was lost. The model
+        is logged through the client, not ``mlflow.start_run``, whose exit would end ``run_id``.
         """
         import mlflow.onnx  # deferred: MLflow's ONNX flavor is lazy-loaded by mlflow itself
         import onnx  # deferred: onnx only when registering a model
@@ -804,9 +818,18 @@ class Tracker:
 
         # Deferred (torch, cv2): only registering a model needs the artifact layer and its probe image.
         from hairseg_core.artifact import DEFAULT_FILES, normalize_image, synthetic_portrait
+        from hairseg_core.final_record import pause_point
 
+        sweep, digest = str(tags.get(TAG_SWEEP, "")), str(tags.get(TAG_CHECKPOINT_DIGEST, ""))
+
+        def lookup() -> str | None:
+            return self.find_model_version(name, sweep, digest) if sweep and digest else None
+
+        found = lookup()
+        if found is not None:
+            return found
         export_dir = Path(export_dir)
-        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_tracking_uri(self.tracking_uri)  # register_model resolves models:/ URIs through it
         onnx_model = onnx.load(str(export_dir / DEFAULT_FILES["onnx"]))
         graph_in, graph_out = onnx_model.graph.input[0].name, onnx_model.graph.output[0].name
         signature = ModelSignature(
@@ -820,27 +843,53 @@ class Tracker:
             f"mlflow=={mlflow.__version__}",
         ]
         extra = [str(export_dir / DEFAULT_FILES[k]) for k in ("checkpoint", "metadata")]
+        experiment_id = self.get_run(run_id).info.experiment_id
+        token = uuid.uuid4().hex
 
-        def log_model() -> Any:
-            with mlflow.start_run(run_id=run_id, nested=True):
-                return mlflow.onnx.log_model(
-                    onnx_model,
-                    name="model",
-                    signature=signature,
-                    input_example=example,
-                    pip_requirements=requirements,
-                    save_as_external_data=False,
-                    extra_files=extra,
-                )
-
-        info = with_retries(log_model, "log model")
-        version = with_retries(lambda: mlflow.register_model(info.model_uri, name), "register model")
-        for key, value in tags.items():
-            with_retries(
-                lambda key=key, value=value: self.client.set_model_version_tag(name, version.version, key, str(value)),
-                "tag model version",
+        def find_logged() -> Any | None:
+            found = self.client.search_logged_models(
+                [experiment_id], filter_string=f"tags.`{TAG_CREATE_TOKEN}` = '{token}'"
             )
-        return str(version.version)
+            return found[0] if found else None
+
+        logged = create_once(
+            lambda: self.client.create_logged_model(
+                experiment_id, name="model", source_run_id=run_id, tags={TAG_CREATE_TOKEN: token}
+            ),
+            find_logged,
+            "create logged model",
+        )
+        info = with_retries(  # idempotent: the same logged model's artifacts, written again
+            lambda: mlflow.onnx.log_model(
+                onnx_model,
+                name="model",
+                signature=signature,
+                input_example=example,
+                pip_requirements=requirements,
+                save_as_external_data=False,
+                extra_files=extra,
+                model_id=logged.model_id,
+                run_id=run_id,
+            ),
+            "log model",
+        )
+        pause_point("model_logged")
+        version_tags = {k: str(v) for k, v in tags.items()}
+        version = create_once(
+            lambda: str(mlflow.register_model(info.model_uri, name, tags=version_tags).version),
+            lookup,
+            "register model",
+        )
+        return version
+
+    def find_model_version(self, name: str, sweep: str, digest: str) -> str | None:
+        """The version of ``name`` registered for this sweep and checkpoint digest, or None."""
+        query = f"name='{name}' and tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_CHECKPOINT_DIGEST}` = '{digest}'"
+        found = with_retries(lambda: self.client.search_model_versions(query), "search model versions")
+        return str(min(int(v.version) for v in found)) if found else None
+
+    def get_model_version(self, name: str, version: str) -> Any:
+        return with_retries(lambda: self.client.get_model_version(name, version), "get model version")
 
     def set_champion(self, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         with_retries(lambda: self.client.set_registered_model_alias(name, alias, version), "set alias")

@@ -32,6 +32,7 @@ from hairseg_core.tracking import (
     TAG_KIND,
     TAG_SWEEP,
     TAG_TRIAL,
+    SweepNameTaken,
     Tracker,
     TrackingUnavailable,
     check_tracking,
@@ -124,11 +125,15 @@ def test_the_sweep_end_retires_runs_of_trials_tune_never_recorded(tracker: Track
     kept = tracker.start_trial("sweep-o", parent, "t1", "trial_t1", {})
     orphan = tracker.start_trial("sweep-o", parent, "t2", "trial_t2", {})
     other_sweep = tracker.start_trial("sweep-p", parent, "t9", "trial_t9", {})
+    # a trial run of another sweep that carries the same name (another parent run): never this sweep's to retire
+    same_name = tracker.start_trial("sweep-o", "another-parent-run", "t7", "trial_t7", {})
     callback = MlflowStatusCallback(TrackingSettings(tracker.tracking_uri, tracker.experiment, "sweep-o", parent), 3)
     # Tune passes its Trial objects; the callback reads only their ids.
     callback.on_experiment_end(trials=[SimpleNamespace(trial_id="t1")])
 
-    assert {r.info.run_id for r in tracker.trial_runs("sweep-o")} == {kept}
+    assert {r.info.run_id for r in tracker.trial_runs("sweep-o", parent)} == {kept}
+    assert tracker.client.get_run(same_name).info.lifecycle_stage == "active", "retired by name, not by run id"
+    assert tracker.client.get_run(same_name).info.status == "RUNNING"
     gone = tracker.client.get_run(orphan)
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
     assert "Tune's saved state did not record" in gone.data.tags["hairseg.orphaned"]
@@ -145,7 +150,10 @@ def test_start_sweep_reopens_the_parent_run(tracker: Tracker) -> None:
     }
     parent = tracker.start_sweep("sweep-r", space)
     tracker.end_run(parent, "KILLED")
-    assert tracker.start_sweep("sweep-r", space) == parent
+    assert tracker.start_sweep("sweep-r", space, resume=True) == parent
+    assert tracker.start_sweep("sweep-r", space, resume=True, parent_run_id=parent) == parent
+    with pytest.raises(SweepNameTaken, match="already has a sweep named sweep-r"):
+        tracker.start_sweep("sweep-r", space)  # a new sweep never reopens another's run
     run = tracker.client.get_run(parent)
     assert run.info.status == "RUNNING"
     assert run.data.params["scheduler.grace_period"] == "1"
