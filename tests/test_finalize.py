@@ -157,3 +157,52 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     local = resolve_model_uri("models:/hairseg@champion", tracking_uri=tracker.tracking_uri)
     meta = json.loads((local / "model.json").read_text())
     assert meta and (local / "model.onnx").is_file()
+
+    # 5. the same (sweep, checkpoint) once more: found by its tags, nothing registered, the alias not moved,
+    # the decision printed again with its interval
+    capsys.readouterr()
+    again = finalize(all_background, cfg.model_dump(), settings, tracker, None, sweep="s2", progress=False)
+    out = capsys.readouterr().out
+    assert again.model_version == "2" and again.decision["promote"]
+    assert len(tracker.client.search_model_versions("name='hairseg'")) == 3
+    assert str(tracker.champion("hairseg").version) == "2"
+    assert "was done before" in out and "promotion decision (recorded on the model version): promote" in out
+    assert "95% CI [" in out, out
+    assert "final stage:" not in out, "nothing evaluated again"
+
+
+def test_final_stage_record_continues_after_each_step(tmp_path: Path, tracker: Tracker) -> None:
+    """A record in the sweep's folder: each step is recorded once; a repeat reads the record and changes nothing."""
+    from hairseg_core.final_record import FinalRecord, checkpoint_digest
+
+    cfg = _config(tmp_path)
+    settings = _settings(tmp_path)
+    ckpt = _checkpoint(tmp_path, "bg", hair_bias=-5.0)
+    folder = tmp_path / "ray_results" / "sweep-r"
+    record = FinalRecord.in_folder(str(folder), checkpoint_digest(ckpt))
+    parent = tracker.start_sweep("sweep-r", {"name": "t", "num_samples": 1, "params": {}})
+    first = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, sweep="sweep-r", progress=False, record=record)
+    stored = json.loads((folder / "hairseg_final.json").read_text())[record.digest]["steps"]
+    assert list(stored) == [
+        "table5", "decision", "export", "finalize_run", "logged", "registration", "promotion", "finished"
+    ]  # fmt: skip
+    assert stored["registration"]["version"] == first.model_version == "1"
+    assert not list((tmp_path / "exports").glob(".*")), "no temporary export folder left behind"
+    version = tracker.client.get_model_version("hairseg", "1")
+    assert version.tags["hairseg.checkpoint_digest"] == record.digest
+    assert json.loads(version.tags["hairseg.decision"])["promote"] is True
+    assert tracker.client.get_run(first.finalize_run_id).info.status == "FINISHED"
+
+    # a repeat, and a repeat after the record lost its last steps (a kill right after registration)
+    reread = FinalRecord(record.uri, record.digest)
+    again = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, "sweep-r", progress=False, record=reread)
+    assert again.model_version == "1" and again.table == first.table
+    cut = FinalRecord(record.uri, record.digest)
+    for step in ("promotion", "finished"):
+        cut.steps.pop(step)
+    third = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, "sweep-r", progress=False, record=cut)
+    assert third.model_version == "1"
+    assert [str(v.version) for v in tracker.client.search_model_versions("name='hairseg'")] == ["1"]
+    assert str(tracker.champion("hairseg").version) == "1"
+    finals = tracker.client.search_runs([tracker.experiment_id], "tags.`hairseg.kind` = 'finalize'")
+    assert [r.info.status for r in finals] == ["FINISHED"]
