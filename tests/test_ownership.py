@@ -1,0 +1,105 @@
+"""One name, one sweep, one driver: names, the lease, atomic and corrupt manifests (issue 28).
+
+Fast tests against the real filesystem and a real sqlite MLflow store; the slow one runs real sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sweep_helpers import EXPERIMENT, Workspace, sweep_runs, wait_until
+
+from hairseg_core.sweep import state
+
+
+def test_generated_names_are_unique_in_the_same_second() -> None:
+    names = {state.new_sweep_name("hairseg-tiny") for _ in range(200)}
+    assert len(names) == 200
+    assert all(n.startswith("hairseg-tiny-") for n in names)
+
+
+def test_manifest_written_atomically_and_a_corrupt_one_named_and_skipped(tmp_path: Path, caplog) -> None:
+    storage = str(tmp_path)
+    uri = state.manifest_uri(storage, "s1")
+    state.write_json_atomic(uri, {"experiment": "e", "n": 1})
+    state.write_json_atomic(uri, {"experiment": "e", "n": 2})
+    assert json.loads(Path(uri).read_text())["n"] == 2
+    assert [p.name for p in (tmp_path / "s1").iterdir()] == [state.SWEEP_MANIFEST], "no temporary file left"
+    Path(uri).write_text('{"experiment": "e", "spa')  # a torn write from before the atomic manifest
+    with pytest.raises(state.ManifestCorrupt, match=r"s1/hairseg_sweep.json is corrupt"):
+        state.load_sweep_manifest(storage, "s1")
+    assert state.latest_sweep(storage) is None
+    assert "skipping sweep s1" in caplog.text
+    with pytest.raises(state.ResumeError, match="sweep s1: .* is corrupt"):
+        state.resume_target(storage, "unused.yaml", {}, run_name="s1")
+
+
+def test_lease_refuses_a_second_driver_and_breaks_a_stale_one(tmp_path: Path, monkeypatch) -> None:
+    storage = str(tmp_path)
+    lease = state.acquire_lease(storage, "s1", interval=0.1)
+    held = json.loads((tmp_path / "s1" / state.SWEEP_LEASE).read_text())
+    assert held["host"] == socket.gethostname() and held["pid"] == os.getpid()
+    assert state.sweep_in_storage(storage, "s1") is not None
+    with pytest.raises(state.LeaseHeld, match=r"sweep s1 is being run by another driver .*--break-lease"):
+        state.acquire_lease(storage, "s1")
+    time.sleep(0.35)
+    assert json.loads((tmp_path / "s1" / state.SWEEP_LEASE).read_text())["heartbeat"] > held["heartbeat"]
+    taken = state.acquire_lease(storage, "s1", break_lease=True)  # --break-lease
+    time.sleep(0.3)
+    assert lease.lost is not None, "the old holder notices it lost the lease"
+    lease.release()  # not its lease any more: left alone
+    assert json.loads((tmp_path / "s1" / state.SWEEP_LEASE).read_text())["token"] == taken.holder["token"]
+    taken.release()
+    assert not (tmp_path / "s1").exists(), "a driver that never started Tune leaves nothing behind"
+
+    # a dead driver on this host: taken over without asking
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    state.write_json_atomic(
+        f"{storage}/s2/{state.SWEEP_LEASE}",
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": time.time(), "token": "x"},
+    )
+    state.acquire_lease(storage, "s2").release()
+    # a holder on another host, silent for longer than HAIRSEG_LEASE_STALE_S
+    monkeypatch.setenv(state.LEASE_STALE_ENV, "60")
+    old = {"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 120, "token": "y"}
+    state.write_json_atomic(f"{storage}/s3/{state.SWEEP_LEASE}", old)
+    state.acquire_lease(storage, "s3").release()
+    state.write_json_atomic(f"{storage}/s3/{state.SWEEP_LEASE}", {**old, "heartbeat": time.time()})
+    with pytest.raises(state.LeaseHeld, match="host elsewhere pid 1"):
+        state.acquire_lease(storage, "s3")
+
+
+@pytest.mark.slow
+def test_a_second_sweep_under_a_running_name_is_refused_before_ray(ws: Workspace) -> None:
+    """The done-when: started twice under one --run-name while the first runs, the second exits 2 before Ray
+    (so does a second --resume driver), and the first finishes with every trial run FINISHED, none deleted."""
+    space = ws.space({"num_samples": 2, "fixed": {"epochs": 2}})
+    args = ["--space", str(space), "--num-cpus", "2", "--quiet", "--no-finalize"]
+    first = ws.start([*args, "--run-name", "shared-name"], "first")
+    wait_until(lambda: first.proc.poll() is not None or sweep_runs(ws.tracking_uri).trials, 240, "a trial run")
+    assert first.proc.poll() is None, first.describe()
+    started = time.monotonic()
+    second = ws.run([*args, "--run-name", "shared-name"], timeout=120, log_name="second")
+    refused_in = time.monotonic() - started
+    assert second.proc.returncode == 2, second.describe()
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "sweep shared-name" in lines[0], second.stderr
+    assert "python pipelines/sweep.py --resume --run-name shared-name" in lines[0]
+    assert "Started a local Ray instance" not in second.stdout + second.stderr and "Traceback" not in second.stderr
+    resumed = ws.run(["--resume", "--run-name", "shared-name", "--quiet"], timeout=120, log_name="resume")
+    assert resumed.proc.returncode == 2, resumed.describe()
+    assert "is being run by another driver" in resumed.stderr and f"pid {first.proc.pid}" in resumed.stderr
+    first.wait(300)
+    assert first.proc.returncode == 0, first.describe()
+    runs = sweep_runs(ws.tracking_uri, EXPERIMENT)
+    assert len(runs.parents) == 1 and not runs.superseded, "no run deleted"
+    assert len(runs.trials) == 2 and {r.info.status for r in runs.trials} == {"FINISHED"}
+    assert not (ws.storage / "shared-name" / state.SWEEP_LEASE).exists(), "the lease is released at the end"
+    print(f"second start refused in {refused_in:.1f} s")
