@@ -80,20 +80,23 @@ def test_lease_refuses_a_second_driver_and_breaks_a_stale_one(tmp_path: Path, mo
 def test_a_second_sweep_under_a_running_name_is_refused_before_ray(ws: Workspace) -> None:
     """The done-when: started twice under one --run-name while the first runs, the second exits 2 before Ray
     (so does a second --resume driver), and the first finishes with every trial run FINISHED, none deleted."""
-    space = ws.space({"num_samples": 2, "fixed": {"epochs": 2}})
-    args = ["--space", str(space), "--num-cpus", "2", "--quiet", "--no-finalize"]
+    # the final stage keeps the first driver busy (and its sweep unfinished) while the others start
+    space = ws.space({"num_samples": 2, "finalize": {"max_test_images": 4, "export_size": 65}})
+    args = ["--space", str(space), "--num-cpus", "2", "--quiet"]
     first = ws.start([*args, "--run-name", "shared-name"], "first")
     wait_until(lambda: first.proc.poll() is not None or sweep_runs(ws.tracking_uri).trials, 240, "a trial run")
     assert first.proc.poll() is None, first.describe()
     started = time.monotonic()
-    second = ws.run([*args, "--run-name", "shared-name"], timeout=120, log_name="second")
+    second = ws.start([*args, "--run-name", "shared-name"], "second")
+    resumed = ws.start(["--resume", "--run-name", "shared-name", "--quiet"], "resume")
+    second.wait(120)
     refused_in = time.monotonic() - started
+    resumed.wait(120)
     assert second.proc.returncode == 2, second.describe()
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "sweep shared-name" in lines[0], second.stderr
     assert "python pipelines/sweep.py --resume --run-name shared-name" in lines[0]
     assert "Started a local Ray instance" not in second.stdout + second.stderr and "Traceback" not in second.stderr
-    resumed = ws.run(["--resume", "--run-name", "shared-name", "--quiet"], timeout=120, log_name="resume")
     assert resumed.proc.returncode == 2, resumed.describe()
     assert "is being run by another driver" in resumed.stderr and f"pid {first.proc.pid}" in resumed.stderr
     first.wait(300)

@@ -205,7 +205,14 @@ def _claim(sweep: PreparedSweep) -> int | None:
     try:
         sweep.lease = state.acquire_lease(sweep.storage, name, break_lease=request.break_lease)
     except state.LeaseHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if request.resume:
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(
+                f"error: sweep {name} already exists ({exc}); a new sweep needs a new --run-name. "
+                f"To continue it once that driver has ended: {command}",
+                file=sys.stderr,
+            )
         return 2
     try:
         if request.resume:
