@@ -159,3 +159,57 @@ def test_driver_killed_at_every_hard_moment_resumes_to_one_exact_record(ws: Work
     assert aliased == [champion.version], f"versions {[v.version for v in versions]}, champion on {aliased}"
     assert re.search(r"registered hairseg v\d+: promoted to @champion", sweep.stdout), sweep.stdout[-2000:]
     print(f"survived {len(kills)} kills: {', '.join(kills)}; superseded runs: {len(runs.superseded)}")
+
+
+#: Where the final-stage drill kills the driver: after the export is written but before it is swapped in,
+#: after the model is logged but before its version is created, right after @champion moved.
+FINAL_KILLS = ("export_written", "model_logged", "promotion")
+
+
+def test_driver_killed_in_export_registration_and_after_promotion_registers_once(ws: Workspace) -> None:
+    """SIGKILL inside the final stage at its three non-idempotent points, ``--resume`` after each: exactly one
+    model version for the sweep, the alias on it, one FINISHED final-stage run; ``pipelines/finalize.py`` run
+    again for the sweep registers nothing."""
+    from sweep_helpers import FINALIZE
+
+    from hairseg_core.final_record import PAUSE_ENV, PAUSE_LINE
+
+    space = ws.space(
+        {
+            "num_samples": 2,
+            "fixed": {"epochs": 2},
+            "finalize": {"max_test_images": 4, "export_size": 65},
+        }
+    )
+    base = ["--num-cpus", "1", "--quiet"]
+    args = ["--space", str(space), "--run-name", "final-drill", *base]
+    for i, step in enumerate(FINAL_KILLS):
+        ws.extra_env[PAUSE_ENV] = step
+        sweep = ws.start(args if i == 0 else ["--resume", "--run-name", "final-drill", *base], f"run{i}")
+        wait_until(lambda s=sweep, st=step: _paused(s, f"{PAUSE_LINE} {st}"), 400, f"the pause after {step}", 0.2)
+        assert not sweep.kill(), "Ray processes survived the kill"
+    ws.extra_env.pop(PAUSE_ENV)
+    sweep = ws.run(["--resume", "--run-name", "final-drill", *base], timeout=400, log_name="last")
+    assert sweep.proc.returncode == 0, sweep.describe()
+    assert "was done before" in sweep.stdout and "promotion decision (recorded" in sweep.stdout, sweep.stdout
+
+    client = MlflowClient(ws.tracking_uri)
+    versions = client.search_model_versions("name='hairseg'")
+    assert len(versions) == 1, [(v.version, v.tags.get("hairseg.sweep")) for v in versions]
+    assert versions[0].tags["hairseg.sweep"] == "final-drill"
+    assert client.get_model_version_by_alias("hairseg", "champion").version == versions[0].version
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    finals = client.search_runs([experiment.experiment_id], "tags.`hairseg.kind` = 'finalize'")
+    statuses = sorted(r.info.status for r in finals)
+    assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}, statuses
+    assert not list((ws.cwd / "exports").glob(".*")), "a killed export left its temporary folder behind"
+    parent = sweep_runs(ws.tracking_uri).parents[0]
+    again = ws.run(["--run-id", parent.info.run_id], timeout=300, log_name="finalize-again", script=FINALIZE)
+    assert again.proc.returncode == 0, again.describe()
+    assert len(client.search_model_versions("name='hairseg'")) == 1, "finalize.py again added a model version"
+    assert "was done before" in again.stdout and "promotion decision (recorded" in again.stdout, again.stdout
+
+
+def _paused(sweep: SweepProcess, line: str) -> bool:
+    _alive(sweep)
+    return line in sweep.stdout
