@@ -96,13 +96,14 @@ def test_worker_node_loss_restarts_trial_from_checkpoint(ws: Workspace) -> None:
 
 def test_mlflow_server_restart_mid_sweep(ws: Workspace, tmp_path) -> None:
     server = MlflowServer(tmp_path / "mlflow-server")
-    space = ws.space(DRILL_SPACE)
+    space = ws.space({**DRILL_SPACE, "finalize": {"max_test_images": 4, "export_size": 65}})
     try:
         server.start()
         with local_cluster(workers=2) as (cluster, _):
             sweep = ws.start(
-                # not --quiet: the trials' log lines (their retry warnings) reach the driver's output
-                ["--space", str(space), "--address", cluster.address, "--tracking-uri", server.uri, "--no-finalize"]
+                # not --quiet: the trials' log lines (their retry warnings) reach the driver's output; the final
+                # stage runs too: its registration and promotion go through the restarted server
+                ["--space", str(space), "--address", cluster.address, "--tracking-uri", server.uri]
             )
 
             def one_finished_one_running() -> dict[str, list[tuple[int, float]]] | None:
@@ -142,5 +143,10 @@ def test_mlflow_server_restart_mid_sweep(ws: Workspace, tmp_path) -> None:
         output = sweep.stdout + sweep.stderr
         retries = [line for line in output.splitlines() if "MLflow call '" in line and "; retry " in line]
         assert retries, f"no tracking call was retried during the {up_at - down_at:.1f} s outage: the drill missed"
+        # the final stage, after the outage: exactly one version for the sweep, and the alias on it
+        versions = runs.client.search_model_versions("name='hairseg'")
+        assert len(versions) == 1, [v.version for v in versions]
+        assert versions[0].tags["hairseg.sweep"] == runs.parents[0].data.tags["hairseg.sweep"]
+        assert runs.client.get_model_version_by_alias("hairseg", "champion").version == versions[0].version
     finally:
         server.stop()
