@@ -106,3 +106,54 @@ def test_a_second_sweep_under_a_running_name_is_refused_before_ray(ws: Workspace
     assert len(runs.trials) == 2 and {r.info.status for r in runs.trials} == {"FINISHED"}
     assert not (ws.storage / "shared-name" / state.SWEEP_LEASE).exists(), "the lease is released at the end"
     print(f"second start refused in {refused_in:.1f} s")
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_one_server_and_one_cluster_keep_to_their_own(ws: Workspace, tmp_path: Path) -> None:
+    """Two sweeps run concurrently against one ``mlflow server`` and one local Ray cluster, sharing a storage;
+    one is killed and resumed. Each sweep's runs, model version and manifest are exactly its own."""
+    from mlflow import MlflowClient
+    from sweep_helpers import LOOPBACK_DRIVER_ENV, MlflowServer, local_cluster
+
+    ws.extra_env.update(LOOPBACK_DRIVER_ENV)
+    space = ws.space(
+        {
+            "num_samples": 1,
+            "fixed": {"epochs": 2},
+            "scheduler": {"type": "fifo"},
+            "finalize": {"max_test_images": 4, "export_size": 65},
+        }
+    )
+    with MlflowServer(tmp_path / "server") as server, local_cluster(workers=2) as (cluster, _):
+        common = ["--space", str(space), "--address", cluster.address, "--tracking-uri", server.uri, "--quiet"]
+        alpha = ws.start([*common, "--run-name", "alpha"], "alpha")
+        beta = ws.start([*common, "--run-name", "beta"], "beta")
+        wait_until(
+            lambda: (
+                alpha.proc.poll() is not None
+                or any(r.data.tags["hairseg.sweep"] == "alpha" for r in sweep_runs(server.uri).trials)
+            ),
+            300,
+            "alpha's trial run",
+        )
+        assert alpha.proc.poll() is None, alpha.describe()
+        alpha.kill()  # the driver only: the cluster, the server and beta go on
+        alpha = ws.start(["--resume", "--run-name", "alpha", *common[2:]], "alpha-resume")
+        for sweep in (alpha, beta):
+            sweep.wait(500)
+            assert sweep.proc.returncode == 0, sweep.describe()
+        runs = sweep_runs(server.uri)
+        client = MlflowClient(server.uri)
+        parents = {r.data.tags["hairseg.sweep"]: r for r in runs.parents}
+        assert sorted(parents) == ["alpha", "beta"] and {r.info.status for r in runs.parents} == {"FINISHED"}
+        for name, parent in parents.items():
+            own = [r for r in runs.trials if r.data.tags["hairseg.parent_run_id"] == parent.info.run_id]
+            assert own and all(r.data.tags["hairseg.sweep"] == name for r in own)
+            assert {r.info.status for r in own} == {"FINISHED"}
+            manifest = json.loads((ws.storage / name / state.SWEEP_MANIFEST).read_text())
+            assert manifest["parent_run_id"] == parent.info.run_id and manifest.get("finalized")
+            versions = client.search_model_versions(f"name='hairseg' and tags.`hairseg.sweep` = '{name}'")
+            assert len(versions) == 1 and versions[0].tags["hairseg.parent_run_id"] == parent.info.run_id
+        for run in runs.superseded:  # retired runs (an orphan of alpha's kill) are alpha's own
+            assert run.data.tags["hairseg.parent_run_id"] == parents["alpha"].info.run_id, run.data.tags
+        assert len(client.search_model_versions("name='hairseg'")) == 2
