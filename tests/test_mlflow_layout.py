@@ -179,6 +179,8 @@ def test_registered_model_is_onnx_and_loads_without_pickle(
     with caplog.at_level(logging.WARNING):
         version = tracker.register_model(run_id, export_dir, "hairseg-test", {"hairseg.export_run_id": run_id})
     assert version == "1"
+    # logged through the client: no `with mlflow.start_run(run_id=...)` whose exit would end the run
+    assert tracker.client.get_run(run_id).info.status == "RUNNING", "register_model ended the final-stage run"
     assert not [r for r in caplog.records if "pickle" in r.getMessage().lower()], caplog.text
 
     uri = "models:/hairseg-test/1"
