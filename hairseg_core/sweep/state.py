@@ -45,7 +45,11 @@ def latest_sweep(storage_path: str, experiment: str | None = None) -> str | None
     # newest first: by modification time where the filesystem has it, then by the timestamped name
     folders.sort(key=lambda i: (i.mtime_ns or 0, i.base_name), reverse=True)
     for info in folders:
-        manifest = _read_manifest(storage_path, info.base_name)
+        try:
+            manifest = _read_manifest(storage_path, info.base_name)
+        except CorruptManifest:
+            continue  # named when that sweep itself is resumed; never the newest unfinished one
+
         if manifest is None and experiment is None:
             continue  # not a hairseg sweep
         if manifest is not None and sweep_done(manifest):
@@ -80,7 +84,16 @@ def _read_manifest(storage_path: str, name: str) -> dict[str, Any] | None:
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read().decode())
+        raw = stream.read()
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptManifest(
+            f"{path}: corrupt sweep manifest ({type(exc).__name__}: {exc}); {len(raw)} bytes"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("space"), dict) or "experiment" not in payload:
+        raise CorruptManifest(f"{path}: corrupt sweep manifest (not the object a sweep writes: no space/experiment)")
+    return payload
 
 
 def _write_manifest(storage_path: str, name: str, payload: dict[str, Any]) -> None:
@@ -149,6 +162,29 @@ class ResumeError(Exception):
     """``--resume`` cannot find the sweep, or was given settings that contradict it."""
 
 
+class CorruptManifest(ResumeError):
+    """A sweep's ``hairseg_sweep.json`` cannot be read (truncated, not JSON, not a manifest); names the file."""
+
+
+def sweep_names(storage_path: str, limit: int = 10) -> list[str]:
+    """Folders under ``storage_path`` holding a sweep (a manifest or Tune's state), newest first (a look-up)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    folders = sorted(
+        (i for i in infos if i.type == pyarrow.fs.FileType.Directory), key=lambda i: i.mtime_ns or 0, reverse=True
+    )
+    names = []
+    for info in folders:
+        folder = f"{root.rstrip('/')}/{info.base_name}"
+        inside = fs.get_file_info([f"{folder}/{SWEEP_MANIFEST}", f"{folder}/tuner.pkl"])
+        if any(i.type == pyarrow.fs.FileType.File for i in inside):
+            names.append(info.base_name)
+    return names[:limit]
+
+
 class SweepFinished(Exception):
     """``--resume`` named a sweep whose trials all ended: not an error, nothing to do."""
 
@@ -179,6 +215,11 @@ def resume_target(
         which = f"of experiment {wanted!r} " if wanted else ""
         raise ResumeError(f"no unfinished restorable sweep {which}under {storage} (pass --run-name and --storage)")
     manifest = load_sweep_manifest(storage, name)
+    if manifest is None and run_name and not tune.Tuner.can_restore(sweep_dir(storage, name)):
+        # A typo must not start Ray and an empty "resumed" sweep; say what there is instead.
+        known = sweep_names(storage)
+        listing = f"sweeps there: {', '.join(known)}" if known else "no sweep is stored there"
+        raise ResumeError(f"--run-name {run_name}: no such sweep under {storage} ({listing})")
     if manifest is None:  # a sweep without a manifest: trust the command line
         space = given or load_search_space(default_space, dict(overrides))
         return space, experiment or f"hairseg-{space.name}", name
