@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides:
             cfg = train_config_from_dict({**cfg.model_dump(), **overrides}, source="--set")
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+        print(f"error: invalid config: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
     ckpt = out / CHECKPOINT_FILE

@@ -153,9 +153,13 @@ def _sweep_run(tracker: Tracker, run_id: str) -> Any:
 def _run_final_stage(request: FinalStageRequest) -> int:
     tracking_uri = resolve_tracking_uri(request.tracking_uri)
     # A sweep's final stage looks its sweep up: the store must exist. A checkpoint's may start a new store.
-    check_tracking(tracking_uri, must_exist=not request.checkpoint)
     if request.checkpoint and not Path(request.checkpoint).is_file() and "://" not in request.checkpoint:
         raise FinalStageInputError(f"--checkpoint {request.checkpoint}: no such file")
+    if request.checkpoint:  # read before a new store is created for it: a refused file leaves nothing behind
+        from hairseg_core.train import load_checkpoint  # deferred: torch
+
+        load_checkpoint(request.checkpoint)
+    check_tracking(tracking_uri, must_exist=not request.checkpoint)
     if request.space_file:
         load_search_space(request.space_file)  # a bad --space fails before any work
     # Deferred until the tracking server answered (module docstring): torch, the exporters, post-processing.

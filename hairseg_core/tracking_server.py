@@ -122,7 +122,6 @@ def plan_server(
     if default_permission not in PERMISSIONS:
         raise TrackingServerError(f"--default-permission {default_permission}: expected one of {PERMISSIONS}")
     state = Path(state_dir).expanduser().resolve()
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = dict(environ)
     auth_db = auth_database_uri or f"sqlite:///{state / 'basic_auth.db'}"
     new_user_store = auth_db.startswith("sqlite:///") and not Path(auth_db[len("sqlite:///") :]).exists()
@@ -131,6 +130,9 @@ def plan_server(
             f"MLFLOW_AUTH_ADMIN_PASSWORD is not set: the user store {auth_db} is new and its admin "
             f"({admin_username}) needs a password (environment or --env-file, never an argument)"
         )
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(state.stat().st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TrackingServerError(f"{state}: readable by others; it holds the auth settings: chmod 700 {state}")
     if not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         key_file = state / "flask-secret-key"
         if not key_file.is_file():
