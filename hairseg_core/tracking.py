@@ -767,6 +767,12 @@ class Tracker:
             except MlflowException as exc:
                 if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
                     return None
+                # MLflow's basic-auth app answers 403, not 404, for the alias of a model nobody registered yet
+                # (it finds no permission on a model that does not exist): the first sweep's final stage.
+                if exc.error_code == "PERMISSION_DENIED" and not self.client.search_registered_models(
+                    filter_string=f"name = '{name}'", max_results=1
+                ):
+                    return None
                 raise
 
         return with_retries(lookup, "look up champion")
