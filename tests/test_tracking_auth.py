@@ -207,7 +207,7 @@ def test_tiny_sweep_logs_in_end_to_end(
         assert all(r.info.status == "FINISHED" for r in runs)
         trial = next(r for r in runs if r.data.tags["hairseg.kind"] == "trial")
         assert client.get_metric_history(trial.info.run_id, "val_loss")  # the trial (a Ray worker) logged in
-        versions = client.search_model_versions()
+        versions = client.search_model_versions("name = 'hairseg'")  # the sweep's space registers 'hairseg'
         assert len(versions) == 1
         champion = client.get_model_version_by_alias(versions[0].name, "champion")
         assert champion.version == versions[0].version
