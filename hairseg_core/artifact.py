@@ -154,7 +154,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+        if "weights only load failed" in str(exc).lower():
+            # torch's message runs to a dozen lines suggesting weights_only=False: never do that for a foreign file
+            raise CheckpointError(
+                f"{path}: refused: the pickle holds objects other than tensors and plain values (code would run "
+                "on loading); only checkpoints this package wrote are read"
+            ) from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(f"{path}: cannot read checkpoint: {first}") from exc
 
 
 def check_training_format(state: Any, source: str) -> None:

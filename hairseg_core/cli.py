@@ -11,6 +11,7 @@ library calls. The sweep itself is ``python pipelines/sweep.py``.
     hairseg data synthetic [--root DIR]
     hairseg weights fetch [BACKBONE ...] [--space search_spaces/paper.yaml] [--mirror URL] [--offline]
     hairseg weights list
+    hairseg tracking-server --host 127.0.0.1 --port 5000 [--env-file FILE] [--artifacts-destination s3://...]
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides:
             cfg = train_config_from_dict({**cfg.model_dump(), **overrides}, source="--set")
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+        print(f"error: invalid config: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
     ckpt = out / CHECKPOINT_FILE
@@ -311,6 +312,32 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_tracking_server(args: argparse.Namespace) -> int:
+    """MLflow's tracking server with its basic-auth login; secrets from the environment or --env-file only."""
+    from hairseg_core.tracking_server import TrackingServerError, exec_server, plan_server, server_environment
+
+    try:
+        plan = plan_server(
+            host=args.host,
+            port=args.port,
+            state_dir=args.state_dir,
+            environ=server_environment(args.env_file),
+            artifacts_destination=args.artifacts_destination,
+            workers=args.workers,
+            admin_username=args.admin_username,
+            default_permission=args.default_permission,
+            allow_public=args.allow_public,
+        )
+    except TrackingServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"starting {plan.describe()}", flush=True)
+    if args.print_only:
+        return 0
+    exec_server(plan)
+    return 0  # pragma: no cover - exec does not return
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -444,6 +471,35 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per network operation")
     wsub.add_parser("list", help="each backbone's weights file, URL and cached path")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser(
+        "tracking-server",
+        help="start MLflow's tracking server behind its basic-auth login (secrets from the environment / --env-file)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; never 0.0.0.0 unasked)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument(
+        "--state-dir",
+        default="~/.hairseg/tracking-server",
+        help="folder (mode 0700) for the auth settings, the user database, the Flask key and the default sqlite store",
+    )
+    p.add_argument(
+        "--env-file",
+        help="file (mode 0600) of KEY=VALUE lines: MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY, "
+        "MLFLOW_BACKEND_STORE_URI; given to the server process alone",
+    )
+    p.add_argument("--artifacts-destination", help="proxied artifact store, e.g. s3://bucket/hairseg/mlflow-artifacts")
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--admin-username", default="admin")
+    p.add_argument(
+        "--default-permission",
+        default="READ",
+        help="what a user may do with experiments and models others created: READ (default), EDIT, MANAGE, "
+        "NO_PERMISSIONS",
+    )
+    p.add_argument("--allow-public", action="store_true", help="accept --host 0.0.0.0 (then put TLS in front)")
+    p.add_argument("--print-only", action="store_true", help="write the auth settings and print the command only")
+    p.set_defaults(func=cmd_tracking_server)
     return parser
 
 

@@ -79,7 +79,9 @@ def validate_cluster_config(path: str | Path, *, require_filled: bool = False) -
     Overrides are explicit keys, not comments (YAML comments do not survive loading): in an autoscaler
     config, ``metadata.hairseg.allow_public_dashboard: true`` accepts ``--dashboard-host=0.0.0.0`` and
     ``metadata.hairseg.allow_no_token_auth: true`` accepts Ray started without ``RAY_AUTH_MODE=token``;
-    ``metadata.hairseg.trial_node_types`` names the worker types that run trials (default: all of them).
+    ``metadata.hairseg.trial_node_types`` names the worker types that run trials (default: all of them);
+    ``metadata.hairseg.allow_mlflow_without_auth: true`` accepts an MLflow server without a login on a private
+    address (never on 0.0.0.0).
     """
     path = Path(path)
     text = _read_text(path)
@@ -262,6 +264,7 @@ def _check_autoscaler(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]
             problems += _trial_gpu_problems(config, settings)
     problems += _dashboard_problems(raw, settings)
     problems += _token_auth_problems(raw, settings)
+    problems += _mlflow_server_problems(raw, settings)
     problems += _docker_problems(raw)
     problems += _consistency_problems(raw)
     problems += ray_problems
@@ -453,6 +456,53 @@ def _token_auth_problems(raw: Mapping[str, Any], settings: Mapping[str, Any]) ->
     for path, command in _all_commands(raw):
         if re.search(r"RAY_AUTH_MODE\s*=\s*[\"']?disabled", command):
             problems.append(f"{_key_path(path)}: disables Ray token authentication")
+    return problems
+
+
+_MLFLOW_SERVER = re.compile(r"\bmlflow\s+(?:server|ui)\b")
+_MLFLOW_HOST = re.compile(r"--host(?:=|\s+)([\"']?)([^\s\"';]*)\1")
+_BASIC_AUTH = re.compile(r"--app-name(?:=|\s+)[\"']?basic-auth\b")
+_SECRET_IN_BASHRC = re.compile(r"(MLFLOW_BACKEND_STORE_URI|PASSWORD|SECRET_KEY)[^\n]*>>\s*\S*\.bashrc")
+
+
+def _mlflow_server_problems(raw: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """An MLflow server the cluster starts must ask for a login (anyone reaching it could otherwise move
+    ``@champion`` or replace the exported model), never listen on every interface without one, and never get its
+    database URI (which holds the database password) on a command line or into ``.bashrc``.
+
+    ``hairseg tracking-server`` always runs MLflow's basic-auth app with its secrets in the server's environment.
+    ``metadata.hairseg.allow_mlflow_without_auth: true`` accepts a login-less server on a private address (a
+    network that only trusted machines reach); a public one is refused regardless.
+    """
+    problems = []
+    for path, command in _all_commands(raw):
+        where = _key_path(path)
+        if _SECRET_IN_BASHRC.search(command):
+            problems.append(
+                f"{where}: writes a database URI or password into .bashrc; keep it in a file only its user can read "
+                "(mode 0600) that the one process needing it loads (hairseg tracking-server --env-file)"
+            )
+        if not _MLFLOW_SERVER.search(command):
+            continue
+        match = _MLFLOW_HOST.search(command)
+        host = match.group(2) if match else "127.0.0.1"
+        if not _BASIC_AUTH.search(command):
+            if host in PUBLIC_HOSTS:
+                problems.append(
+                    f"{where}: `mlflow server --host {host}` serves every interface without a login; start it with "
+                    "`hairseg tracking-server` (MLflow's basic-auth app) on a private address"
+                )
+            elif settings.get("allow_mlflow_without_auth") is not True:
+                problems.append(
+                    f"{where}: `mlflow server` runs without a login: anyone who reaches it can move @champion or "
+                    "replace the exported model; start it with `hairseg tracking-server` (--app-name basic-auth), or "
+                    "set metadata.hairseg.allow_mlflow_without_auth: true"
+                )
+        if re.search(r"--backend-store-uri(?:=|\s+)[\"']?\$", command):
+            problems.append(
+                f"{where}: --backend-store-uri expands the database URI (and its password) onto the server's command "
+                "line, visible in `ps`; leave MLFLOW_BACKEND_STORE_URI in the server's environment only"
+            )
     return problems
 
 

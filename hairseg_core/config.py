@@ -592,6 +592,23 @@ class SearchSpace(_Strict):
                     raise ValueError(
                         f"params.{name}: depends on {dep!r}, which must be a searched parameter listed before it"
                     )
+            for dep, allowed in (spec.when or {}).items():
+                parent = self.params[dep]
+                wanted = allowed if isinstance(allowed, list) else [allowed]
+                if parent.type == "categorical":
+                    unknown = [v for v in wanted if v not in parent.values()]
+                    if unknown:
+                        raise ValueError(
+                            f"params.{name}.when.{dep}: {unknown} is not a choice of {dep} {parent.values()}; "
+                            f"{name} would never be sampled for it"
+                        )
+                elif any(
+                    not isinstance(v, (int, float)) or not parent.low <= v <= parent.high  # type: ignore[operator]
+                    for v in wanted
+                ):
+                    raise ValueError(
+                        f"params.{name}.when.{dep}: {wanted} is outside {dep}'s range [{parent.low}, {parent.high}]"
+                    )
             if spec.by and isinstance(spec.choices, dict):
                 parent = self.params[spec.by]
                 missing = [v for v in parent.values() if str(v) not in {str(k) for k in spec.choices}]
@@ -687,6 +704,55 @@ def _pin_searched(raw: dict[str, Any], key: str) -> None:
         searcher["points_to_evaluate"] = [p for p in kept if p != {}]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error.
+
+    Plain ``yaml.safe_load`` keeps the last of two equal keys silently: a space with ``lr_head`` twice
+    (say, an edited copy pasted below the original) would search a range nobody reads in the file.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first}, again on line {line})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a file that is not UTF-8, not YAML or repeats a key is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        raise ConfigError(f"{path}: not valid YAML: {where}{what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a search-space YAML.
 
@@ -697,10 +763,7 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
     if not path.is_file():
         available = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ConfigError(f"{path}: search space file not found" + (f"; available: {available}" if available else ""))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
@@ -745,10 +808,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of training settings")
     _absolute_roots(raw)

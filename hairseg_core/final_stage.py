@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
+from mlflow.exceptions import MlflowException
 
-from hairseg_core.config import FinalizeSettings, SearchSpace, load_search_space
+from hairseg_core.config import ConfigError, FinalizeSettings, SearchSpace, load_search_space
 from hairseg_core.final_record import FinalRecord, checkpoint_digest
 from hairseg_core.sweep_report import write_report
 from hairseg_core.threads import configure_threads
@@ -30,6 +31,7 @@ from hairseg_core.tracking import (
     TAG_STORAGE,
     Tracker,
     TrackingUnavailable,
+    UnknownExperiment,
     check_tracking,
     resolve_tracking_uri,
     with_retries,
@@ -135,17 +137,55 @@ class FinalStageRequest:
     threads: int | None = None
 
 
+class FinalStageInputError(ValueError):
+    """What ``pipelines/finalize.py`` was pointed at does not exist or is not a sweep (one-line message)."""
+
+
 def run_final_stage(request: FinalStageRequest) -> int:
     """The final stage alone, from what MLflow recorded; returns the exit status.
 
-    2: the tracking server is unreachable; 1: the experiment has no finished sweep; 0 otherwise.
+    2: the tracking server is unreachable or refuses the login, or the run id, experiment, checkpoint or
+    space given does not exist or cannot be read (one line, nothing created: a look-up never creates a
+    sqlite store or an experiment); 1: the experiment has no finished sweep; 0 otherwise.
     """
-    tracking_uri = resolve_tracking_uri(request.tracking_uri)
+    from hairseg_core.artifact import CheckpointError  # deferred: torch
+
     try:
-        check_tracking(tracking_uri)
-    except TrackingUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return _run_final_stage(request)
+    except (TrackingUnavailable, FinalStageInputError, UnknownExperiment, CheckpointError, ConfigError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        more = f" (+{len(lines) - 1} more line(s))" if len(lines) > 1 else ""
+        print(f"error: {lines[0]}{more}", file=sys.stderr)
         return 2
+
+
+def _sweep_run(tracker: Tracker, run_id: str) -> Any:
+    """The sweep parent run ``run_id``; a one-line error when there is none or it is no sweep's."""
+    try:
+        run = tracker.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            raise FinalStageInputError(f"--run-id {run_id}: no such MLflow run in {tracker.tracking_uri}") from None
+        raise
+    if "hairseg.sweep" not in run.data.tags:
+        raise FinalStageInputError(
+            f"--run-id {run_id}: run {run.info.run_name!r} is not a hairseg sweep's parent run (no hairseg.sweep tag)"
+        )
+    return run
+
+
+def _run_final_stage(request: FinalStageRequest) -> int:
+    tracking_uri = resolve_tracking_uri(request.tracking_uri)
+    # A sweep's final stage looks its sweep up: the store must exist. A checkpoint's may start a new store.
+    if request.checkpoint and not Path(request.checkpoint).is_file() and "://" not in request.checkpoint:
+        raise FinalStageInputError(f"--checkpoint {request.checkpoint}: no such file")
+    if request.checkpoint:  # read before a new store is created for it: a refused file leaves nothing behind
+        from hairseg_core.train import load_checkpoint  # deferred: torch
+
+        load_checkpoint(request.checkpoint)
+    check_tracking(tracking_uri, must_exist=not request.checkpoint)
+    if request.space_file:
+        load_search_space(request.space_file)  # a bad --space fails before any work
     # Deferred until the tracking server answered (module docstring): torch, the exporters, post-processing.
     from hairseg_core.finalize import finalize
     from hairseg_core.train import load_checkpoint  # deferred: torch
@@ -160,14 +200,14 @@ def run_final_stage(request: FinalStageRequest) -> int:
         tracker = Tracker(tracking_uri, request.experiment)
     else:
         if request.run_id:
-            lookup = Tracker(tracking_uri, "unused")
-            run = lookup.get_run(request.run_id)
+            lookup = Tracker(tracking_uri, "unused", create=False)
+            run = _sweep_run(lookup, request.run_id)
             experiment = with_retries(
                 lambda: lookup.client.get_experiment(run.info.experiment_id), "get experiment"
             ).name
             tracker = Tracker(tracking_uri, experiment)
         else:
-            tracker = Tracker(tracking_uri, request.experiment)
+            tracker = Tracker(tracking_uri, request.experiment, create=False)
             try:
                 run = _parent_from_experiment(tracker)
             except NoFinishedSweep as exc:
@@ -179,8 +219,15 @@ def run_final_stage(request: FinalStageRequest) -> int:
             report(tracker, parent)
             return 0
         with tempfile.TemporaryDirectory() as tmp:
-            best = json.loads(tracker.download_artifact(parent, "best_trial.json", tmp).read_text())
-            space = json.loads(tracker.download_artifact(parent, "search_space.json", tmp).read_text())
+            try:
+                best = json.loads(tracker.download_artifact(parent, "best_trial.json", tmp).read_text())
+                space = json.loads(tracker.download_artifact(parent, "search_space.json", tmp).read_text())
+            except (MlflowException, TrackingUnavailable, OSError, ValueError) as exc:
+                raise FinalStageInputError(
+                    f"sweep run {parent} ({sweep}) has no readable best_trial.json / search_space.json: its trials "
+                    f"have not finished (python pipelines/sweep.py --resume --run-name {sweep}) "
+                    f"[{type(exc).__name__}]"
+                ) from None
         settings = FinalizeSettings(**space.get("finalize", {}))
         train_config, checkpoint = best["config"], best["checkpoint_path"]
     if request.space_file:

@@ -113,6 +113,79 @@ class SweepNameTaken(ValueError):
     """A new sweep was given the name of a sweep that exists: one name, one sweep."""
 
 
+class TrackingLoginFailed(TrackingUnavailable):
+    """The MLflow server wants a login and refused this one (or got none); a retry cannot fix it."""
+
+
+class UnknownExperiment(LookupError):
+    """A look-up named an MLflow experiment the store does not have (nothing was created)."""
+
+
+#: Client settings MLflow reads from the environment to log in to a tracking server (basic-auth user and
+#: password, or a bearer token) and to check its TLS certificate. What a sweep hands its trials, so a trial
+#: on a node started without them logs in as the driver does (``hairseg_core.sweep.tuner``).
+CREDENTIAL_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
+
+
+def tracking_credentials() -> dict[str, str]:
+    """The login / TLS settings of :data:`CREDENTIAL_ENV` this process has (values never to be logged)."""
+    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
+
+
+def apply_tracking_credentials(credentials: Mapping[str, str] | None) -> None:
+    """Use ``credentials`` (from the driver) where this process has none of its own; returns nothing to log."""
+    for key, value in (credentials or {}).items():
+        if key in CREDENTIAL_ENV:
+            os.environ.setdefault(key, value)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _login_problem(tracking_uri: str, exc: MlflowException) -> TrackingLoginFailed | None:
+    """The one-line error of a request the server refused for its login, else None."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if exc.error_code == "UNAUTHENTICATED":
+        if not user and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            return TrackingLoginFailed(
+                f"the MLflow server at {tracking_uri} requires a login: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment (cluster/README.md, 'Tracking behind a login')"
+            )
+        return TrackingLoginFailed(
+            f"the MLflow server at {tracking_uri} refused the login of user {user!r} (MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD): wrong user name or password"
+        )
+    if exc.error_code == "PERMISSION_DENIED":
+        return TrackingLoginFailed(
+            f"the MLflow server at {tracking_uri} denies user {user!r} this request: {_first_line(exc)}"
+        )
+    return None
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store, else None."""
+    return Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
+
+
+def require_existing_store(tracking_uri: str) -> None:
+    """For look-ups: a sqlite store that does not exist is an error, and is not created by asking."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        raise TrackingUnavailable(
+            f"no MLflow store at {path} (nothing was created): run from the folder holding mlruns.db or pass "
+            "--tracking-uri / MLFLOW_TRACKING_URI"
+        )
+
+
 def resolve_tracking_uri(uri: str | None = None, workdir: str | Path | None = None) -> str:
     """``uri`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<workdir>/mlruns.db`` (absolute path)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -133,8 +206,14 @@ def default_artifact_location(tracking_uri: str, workdir: str | Path | None = No
     return None  # the server decides (e.g. --artifacts-destination s3://...)
 
 
-def check_tracking(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail fast and clearly when the tracking store is not usable."""
+def check_tracking(tracking_uri: str, timeout: float = 5.0, must_exist: bool = False) -> None:
+    """Fail fast and clearly (one line) when the tracking store is not usable or refuses the login.
+
+    ``must_exist``: a look-up (a run id, an experiment, a model): a sqlite store that is not there is an
+    error instead of being created empty.
+    """
+    if must_exist:
+        require_existing_store(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         limit_mlflow_http_retries()
         url = tracking_uri.rstrip("/") + "/health"
@@ -156,7 +235,10 @@ def check_tracking(tracking_uri: str, timeout: float = 5.0) -> None:
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except MlflowException as exc:
-        raise TrackingUnavailable(f"MLflow store {tracking_uri} is not usable: {exc}") from None
+        login = _login_problem(tracking_uri, exc)
+        if login is not None:
+            raise login from None
+        raise TrackingUnavailable(f"MLflow store {tracking_uri} is not usable: {_first_line(exc)}") from None
 
 
 #: Seconds one tracking call keeps retrying through an outage before it gives up (env override).
@@ -351,9 +433,13 @@ def existing_sweep_run(tracking_uri: str, experiment: str, sweep: str) -> str | 
 class Tracker:
     """MLflow operations of one sweep; cheap to construct in each Ray worker."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_location: str | None = None, create: bool = True
+    ) -> None:
+        """``create=False``: a look-up; an experiment that does not exist raises :class:`UnknownExperiment`."""
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self._create = create
         if tracking_uri.startswith(("http://", "https://")):
             limit_mlflow_http_retries()
         self.client = MlflowClient(tracking_uri)
@@ -373,8 +459,13 @@ class Tracker:
         opens in the GenAI view (traces, no runs table).
         """
         found = self.client.get_experiment_by_name(self.experiment)
+        if found is None and not self._create:
+            known = sorted(e.name for e in self.client.search_experiments(max_results=50))
+            raise UnknownExperiment(
+                f"no MLflow experiment {self.experiment!r} in {self.tracking_uri} (experiments: {', '.join(known)})"
+            )
         if found is not None:
-            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND and self._create:
                 self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return found.experiment_id
         try:
@@ -765,6 +856,12 @@ class Tracker:
             except MlflowException as exc:
                 if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
                     return None
+                # MLflow's basic-auth app answers 403, not 404, for the alias of a model nobody registered yet
+                # (it finds no permission on a model that does not exist): the first sweep's final stage.
+                if exc.error_code == "PERMISSION_DENIED" and not self.client.search_registered_models(
+                    filter_string=f"name = '{name}'", max_results=1
+                ):
+                    return None
                 raise
 
         return with_retries(lookup, "look up champion")
@@ -1108,6 +1205,10 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     if not uri.startswith("models:/"):
         raise ValueError(f"{uri!r} is not a models:/ URI")
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    try:
+        require_existing_store(tracking_uri)  # a look-up never creates an empty sqlite store
+    except TrackingUnavailable as exc:
+        raise FileNotFoundError(f"{uri}: {exc}") from None
     client = MlflowClient(tracking_uri)
     name, _, ref = uri[len("models:/") :].partition("@")
     try:
@@ -1117,6 +1218,11 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
             name, _, number = name.partition("/")
             version = with_retries(lambda: client.get_model_version(name, number), "get model version")
     except MlflowException as exc:
-        raise FileNotFoundError(f"{uri}: no such registered model version in {tracking_uri} ({exc.message})") from None
+        login = _login_problem(tracking_uri, exc)
+        if login is not None:
+            raise login from None
+        raise FileNotFoundError(
+            f"{uri}: no such registered model version in {tracking_uri} ({_first_line(exc)})"
+        ) from None
     run_id = version.tags.get("hairseg.export_run_id") or version.run_id
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="export", tracking_uri=tracking_uri))

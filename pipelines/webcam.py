@@ -213,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hairseg_core.tracking import TrackingUnavailable  # deferred: MLflow only when it is used
+
     try:
         stats = run(args)
-    except (SourceError, InferenceError, UnknownNameError, ValueError, FileNotFoundError) as exc:
+    except (SourceError, InferenceError, UnknownNameError, ValueError, FileNotFoundError, TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -310,7 +310,7 @@ def head_container(job: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             lambda j: worker_container(j)["env"].append({"name": "RAY_AUTH_TOKEN", "value": "x" * 32}),
-            "spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].env[1]:",
+            "spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].env[3]:",
         ),
     ],
     ids=[
@@ -349,3 +349,66 @@ def test_cli_validate_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "nope" in capsys.readouterr().err
     assert cli.main(["validate-cluster", "--require-filled", str(AWS)]) == 2
     assert "REPLACE_ME" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- MLflow behind a login (#28)
+def _old_mlflow_start(host: str, auth: str = "") -> str:
+    return (
+        "HEAD_IP=$(hostname -I | awk '{print $1}'); "
+        f"nohup mlflow server {auth}--host {host} --port 5000 "
+        '--backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:////home/ray/hairseg-state/mlflow.db}" '
+        "--serve-artifacts >> ~/hairseg-state/mlflow.log 2>&1 &"
+    )
+
+
+@pytest.mark.parametrize("source", [AWS, GCP])
+def test_shipped_configs_start_mlflow_behind_its_login(source: Path) -> None:
+    text = source.read_text()
+    assert "hairseg tracking-server" in text and "--env-file ~/hairseg-state/mlflow-server.env" in text
+    assert "nohup mlflow server" not in text and "--backend-store-uri" not in text
+    assert ". ~/.hairseg/mlflow-login.env" in text  # trials get MLFLOW_TRACKING_USERNAME/_PASSWORD from ray start
+
+
+def test_rayjob_logs_in_from_a_secret() -> None:
+    text = RAYJOB.read_text()
+    assert text.count("secretKeyRef: {name: hairseg-mlflow-login, key: password}") == 2  # head and workers
+
+
+def test_public_mlflow_server_without_login_is_refused(tmp_path: Path) -> None:
+    def public(config: dict[str, Any]) -> None:
+        config["head_start_ray_commands"][2] = _old_mlflow_start("0.0.0.0")
+        config["metadata"] = {"hairseg": {"allow_mlflow_without_auth": True}}  # no override for a public one
+
+    problems = problems_of(mutated(tmp_path, AWS, public))
+    assert any(p.startswith("head_start_ray_commands[2]:") and "every interface without a login" in p for p in problems)
+    assert any("--backend-store-uri expands" in p for p in problems)
+
+
+def test_private_mlflow_server_without_login_needs_the_override(tmp_path: Path) -> None:
+    def private(config: dict[str, Any]) -> None:
+        config["head_start_ray_commands"][2] = _old_mlflow_start('"$HEAD_IP"').replace("--backend-store-uri", "--x")
+
+    path = mutated(tmp_path, AWS, private)
+    assert any("runs without a login" in p for p in problems_of(path))
+    config = yaml.safe_load(path.read_text())
+    config["metadata"] = {"hairseg": {"allow_mlflow_without_auth": True}}
+    path.write_text(yaml.safe_dump(config))
+    assert validate_cluster_config(path)
+    # and with the login the override is not needed
+    config = yaml.safe_load(path.read_text())
+    config.pop("metadata")
+    config["head_start_ray_commands"][2] = _old_mlflow_start('"$HEAD_IP"', "--app-name basic-auth ").replace(
+        "--backend-store-uri", "--x"
+    )
+    path.write_text(yaml.safe_dump(config))
+    assert validate_cluster_config(path)
+
+
+def test_database_password_into_bashrc_is_refused(tmp_path: Path) -> None:
+    def bashrc(config: dict[str, Any]) -> None:
+        config["head_setup_commands"].append(
+            "echo 'export MLFLOW_BACKEND_STORE_URI=$(cat ~/hairseg-state/backend-store-uri)' >> ~/.bashrc"
+        )
+
+    problems = problems_of(mutated(tmp_path, AWS, bashrc))
+    assert any(p.startswith("head_setup_commands[") and ".bashrc" in p for p in problems)

@@ -19,6 +19,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from pydantic import ValidationError
 from sweep_helpers import EXPERIMENT, Workspace, sweep_runs
 
@@ -42,6 +44,18 @@ def _validation_error() -> ValidationError:
     raise AssertionError("batch_size=0 should be invalid")
 
 
+def _cv2_error() -> BaseException:
+    """A real ``cv2.error``: resizing an empty image."""
+    import cv2
+    import numpy as np
+
+    try:
+        cv2.resize(np.zeros((0, 0, 3), np.uint8), (4, 4))
+    except cv2.error as exc:
+        return exc
+    raise AssertionError("cv2.resize of an empty image should fail")
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -54,6 +68,12 @@ def _validation_error() -> ValidationError:
         ValueError("batch_size 64 exceeds the 24 training images"),
         RuntimeError("size mismatch for classifier.weight: copying a param with shape [2, 16]"),
         RuntimeError("Sizes of tensors must match except in dimension 1"),
+        # issue 28: none of these is fixed by another attempt
+        RuntimeError("CUDA error: device-side assert triggered\nCompile with `TORCH_USE_CUDA_DSA`"),
+        PermissionError(13, "Permission denied", "/data/CelebAMask-HQ/img/1.jpg"),
+        FileNotFoundError(2, "No such file or directory", "/data/missing.png"),
+        _cv2_error(),
+        MlflowException("Invalid value 'x' for parameter 'lr'", INVALID_PARAMETER_VALUE),
     ],
 )
 def test_errors_that_would_repeat_are_deterministic(error: BaseException) -> None:
@@ -70,6 +90,8 @@ def test_errors_that_would_repeat_are_deterministic(error: BaseException) -> Non
         MemoryError(),
         RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (input shape [8, 3, 513, 513])"),
         RuntimeError("something unexpected in a worker"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        MlflowException("503 Service Unavailable", TEMPORARILY_UNAVAILABLE),
         KeyboardInterrupt(),
     ],
 )

@@ -139,7 +139,7 @@ def prepare_sweep(
             experiment = request.experiment or f"hairseg-{space.name}"
             name = request.run_name or state.new_sweep_name(experiment)
     except ConfigError as exc:
-        print(f"invalid search space:\n{exc}", file=sys.stderr)
+        print(f"error: invalid search space: {exc}", file=sys.stderr)
         return 2
     except state.ResumeError as exc:
         print(f"error: --resume: {exc}", file=sys.stderr)

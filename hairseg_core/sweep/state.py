@@ -218,6 +218,25 @@ class ResumeError(Exception):
     """``--resume`` cannot find the sweep, or was given settings that contradict it."""
 
 
+def sweep_names(storage_path: str, limit: int = 10) -> list[str]:
+    """Folders under ``storage_path`` holding a sweep (a manifest or Tune's state), newest first (a look-up)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return []
+    folders = sorted(
+        (i for i in infos if i.type == pyarrow.fs.FileType.Directory), key=lambda i: i.mtime_ns or 0, reverse=True
+    )
+    names = []
+    for info in folders:
+        folder = f"{root.rstrip('/')}/{info.base_name}"
+        inside = fs.get_file_info([f"{folder}/{SWEEP_MANIFEST}", f"{folder}/tuner.pkl"])
+        if any(i.type == pyarrow.fs.FileType.File for i in inside):
+            names.append(info.base_name)
+    return names[:limit]
+
+
 class SweepFinished(Exception):
     """``--resume`` named a sweep whose trials all ended: not an error, nothing to do."""
 
@@ -251,6 +270,11 @@ def resume_target(
         manifest = load_sweep_manifest(storage, name)
     except ManifestCorrupt as exc:
         raise ResumeError(f"sweep {name}: {exc}") from None
+    if manifest is None and run_name and not tune.Tuner.can_restore(sweep_dir(storage, name)):
+        # A typo must not start Ray and an empty "resumed" sweep; say what there is instead.
+        known = sweep_names(storage)
+        listing = f"sweeps there: {', '.join(known)}" if known else "no sweep is stored there"
+        raise ResumeError(f"--run-name {run_name}: no such sweep under {storage} ({listing})")
     if manifest is None:  # a sweep without a manifest: trust the command line
         space = given or load_search_space(default_space, dict(overrides))
         return space, experiment or f"hairseg-{space.name}", name

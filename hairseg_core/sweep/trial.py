@@ -32,7 +32,7 @@ from hairseg_core.sweep.fail_once import fail_once
 from hairseg_core.sweep.space import sampled_settings
 from hairseg_core.sweep.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
-from hairseg_core.tracking import Tracker, start_system_metrics, with_retries
+from hairseg_core.tracking import Tracker, apply_tracking_credentials, start_system_metrics, with_retries
 from hairseg_core.train import Trainer, TrialData, load_trial_data, resolve_device
 from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.visualize import prediction_panel, stack_rows
@@ -85,6 +85,7 @@ def run_trial(
     latency: LatencySettings | None = None,
     gpu_cache: str | None = None,
     data_settings: DataSettings | None = None,
+    credentials: dict[str, str] | None = None,
 ) -> None:
     """Tune function trainable: one DeepLabv3+ configuration, reported once per epoch.
 
@@ -94,7 +95,9 @@ def run_trial(
     :mod:`hairseg_core.trial_errors`) ends the trial at once, recorded on its MLflow run; anything
     else is left to Tune's ``max_failures``. ``gpu_cache``: the sweep's folder of GPU-settings choices
     (:class:`hairseg_core.gpu_settings.SettingsCache`) for ``auto`` AMP / channels-last / cudnn benchmark.
+    ``credentials``: the driver's MLflow login, used where this worker's environment has none.
     """
+    apply_tracking_credentials(credentials)
     # One "Checkpoint successfully created" line per epoch per trial drowns Tune's status table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()

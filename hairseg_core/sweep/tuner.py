@@ -14,6 +14,7 @@ from hairseg_core.sweep.space import build_scheduler, build_searcher
 from hairseg_core.sweep.state import sweep_dir
 from hairseg_core.sweep.trial import LatencySettings, TrackingSettings, run_trial
 from hairseg_core.sweep.weights import WeightsFiles
+from hairseg_core.tracking import tracking_credentials
 from hairseg_core.train import TrialData
 
 #: The sweep's GPU-settings choices (``auto`` AMP / channels-last / cudnn benchmark), beside Tune's state: one
@@ -63,6 +64,10 @@ def build_tuner(
         weights=dict(weights or {}),
         latency=LatencySettings.from_space(space),
         gpu_cache=sweep_dir(settings.storage_path, settings.name) + "/" + GPU_SETTINGS_DIR,
+        # The driver's MLflow login (MLFLOW_TRACKING_USERNAME / _PASSWORD ...), through the object store: a node
+        # started without it (a `ray job submit` to a cluster whose raylets lack it) logs in all the same. Not a
+        # runtime_env: Ray shows and logs a job's runtime_env; not the run config: Tune pickles it into storage.
+        credentials=tracking_credentials(),
     )
     trainable = tune.with_resources(trainable, {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [
