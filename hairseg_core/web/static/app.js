@@ -142,18 +142,30 @@ function cropHair(probs, box) {
 }
 
 // unletterbox: bilinear (cv2.INTER_LINEAR on float32) back to the frame size, clipped to [0, 1]; also the mean
+function linearArrays(ssize, dsize) { // the same taps as linearTab, flat typed arrays for the per-pixel loop
+  const key = `flat:${ssize}:${dsize}`;
+  if (!tabCache.has(key)) {
+    const tab = linearTab(ssize, dsize), i0 = new Int32Array(dsize), i1 = new Int32Array(dsize), f = new Float32Array(dsize);
+    tab.forEach((t, d) => { i0[d] = t.idx[0]; i1[d] = t.idx[1]; f[d] = t.wts[1]; });
+    tabCache.set(key, { i0, i1, f });
+  }
+  return tabCache.get(key);
+}
+let probBuffer = new Float32Array(0);
 function upsample(crop, box) {
-  const { nh, nw, h, w } = box, out = new Float32Array(h * w);
-  const tx = tabs("linear", nw, w), ty = tabs("linear", nh, h);
+  const { nh, nw, h, w } = box;
+  if (probBuffer.length !== h * w) probBuffer = new Float32Array(h * w);
+  const out = probBuffer, tx = linearArrays(nw, w), ty = linearArrays(nh, h);
   let sum = 0;
   for (let y = 0; y < h; y++) {
-    const { idx: iy, wts: wy } = ty[y], r0 = iy[0] * nw, r1 = iy[1] * nw;
+    const r0 = ty.i0[y] * nw, r1 = ty.i1[y] * nw, fy = ty.f[y], o = y * w;
     for (let x = 0; x < w; x++) {
-      const { idx: ix, wts: wx } = tx[x];
-      const top = crop[r0 + ix[0]] * wx[0] + crop[r0 + ix[1]] * wx[1];
-      const bottom = crop[r1 + ix[0]] * wx[0] + crop[r1 + ix[1]] * wx[1];
-      const v = Math.min(1, Math.max(0, top * wy[0] + bottom * wy[1]));
-      out[y * w + x] = v;
+      const a = tx.i0[x], b = tx.i1[x], fx = tx.f[x];
+      const top = crop[r0 + a] + (crop[r0 + b] - crop[r0 + a]) * fx;
+      const bottom = crop[r1 + a] + (crop[r1 + b] - crop[r1 + a]) * fx;
+      let v = top + (bottom - top) * fy;
+      v = v < 0 ? 0 : v > 1 ? 1 : v;
+      out[o + x] = v;
       sum += v;
     }
   }
@@ -282,18 +294,25 @@ function rgbToLab(r, g, b, out) { // r, g, b: linear
   out[1] = 500 * (fLab(X) - fy);
   out[2] = 200 * (fy - fLab(Z));
 }
-const gammaOut = (v) => { v = Math.min(1, Math.max(0, v)); return v <= 0.0031308 ? 12.92 * v : 1.055 * Math.pow(v, 1 / 2.4) - 0.055; };
+// linear [0, 1] -> sRGB uint8 by table: 2^16 steps keep it within one grey level of the exact curve
+const OUT_STEPS = 65535, OUT = new Uint8Array(OUT_STEPS + 1);
+for (let i = 0; i <= OUT_STEPS; i++) {
+  const v = i / OUT_STEPS;
+  OUT[i] = Math.floor(255 * (v <= 0.0031308 ? 12.92 * v : 1.055 * Math.pow(v, 1 / 2.4) - 0.055) + 0.5);
+}
+const gamma8 = (v) => OUT[v <= 0 ? 0 : v >= 1 ? OUT_STEPS : (v * OUT_STEPS + 0.5) | 0];
 function labToRgb8(L, a, b, out, o) {
   let fy, Y;
   if (L <= 7.9996) { Y = L / 903.3; fy = 7.787 * Y + 16 / 116; } else { fy = (L + 16) / 116; Y = fy * fy * fy; }
   const fx = a / 500 + fy, fz = fy - b / 200;
   const X = 0.950456 * (fx > 0.206893 ? fx * fx * fx : (fx - 16 / 116) / 7.787);
   const Z = 1.088754 * (fz > 0.206893 ? fz * fz * fz : (fz - 16 / 116) / 7.787);
-  out[o] = Math.floor(255 * gammaOut(3.240479 * X - 1.53715 * Y - 0.498535 * Z) + 0.5);
-  out[o + 1] = Math.floor(255 * gammaOut(-0.969256 * X + 1.875991 * Y + 0.041556 * Z) + 0.5);
-  out[o + 2] = Math.floor(255 * gammaOut(0.055648 * X - 0.204043 * Y + 1.057311 * Z) + 0.5);
+  out[o] = gamma8(3.240479 * X - 1.53715 * Y - 0.498535 * Z);
+  out[o + 1] = gamma8(-0.969256 * X + 1.875991 * Y + 0.041556 * Z);
+  out[o + 2] = gamma8(0.055648 * X - 0.204043 * Y + 1.057311 * Z);
 }
 const MIN_WEIGHT = 1 / 510;
+let labBuffer = new Float32Array(0);
 function recolor(rgba, prob, h, w, hex, strength, lumShift = 0.5) {
   const tr = parseInt(hex.slice(1, 3), 16), tg = parseInt(hex.slice(3, 5), 16), tb = parseInt(hex.slice(5, 7), 16);
   const target = [0, 0, 0];
@@ -303,7 +322,9 @@ function recolor(rgba, prob, h, w, hex, strength, lumShift = 0.5) {
     if (prob[y * w + x] * strength >= MIN_WEIGHT) { if (y < y0) y0 = y; if (y > y1) y1 = y; if (x < x0) x0 = x; if (x > x1) x1 = x; }
   }
   if (y1 < 0) return;
-  const bw = x1 - x0 + 1, bh = y1 - y0 + 1, lab = new Float32Array(bw * bh * 3), t = [0, 0, 0];
+  const bw = x1 - x0 + 1, bh = y1 - y0 + 1, t = [0, 0, 0];
+  if (labBuffer.length < bw * bh * 3) labBuffer = new Float32Array(bw * bh * 3);
+  const lab = labBuffer;
   let sumLW = 0, sumW = 0;
   for (let y = 0; y < bh; y++) for (let x = 0; x < bw; x++) {
     const p = (y0 + y) * w + x0 + x, o = 3 * (y * bw + x);
@@ -338,7 +359,12 @@ async function createSession() {
     : 1;
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.simd = true;
-  const options = { executionProviders: useGpu ? ["webgpu", "wasm"] : ["wasm"], graphOptimizationLevel: "all" };
+  const options = {
+    executionProviders: useGpu ? ["webgpu", "wasm"] : ["wasm"],
+    graphOptimizationLevel: "all",
+    // no busy-waiting pool threads between runs: the page's own JavaScript needs those cores (as in Python)
+    extra: { session: { "intra_op.allow_spinning": "0" } },
+  };
   const session = await ort.InferenceSession.create(modelBytes, options);
   const backend = useGpu ? "webgpu" : `wasm (SIMD, ${threads} thread${threads > 1 ? "s" : ""}${crossOriginIsolated ? "" : ", not cross-origin isolated"})`;
   return { ort, session, backend, threads, modelBytes: modelBytes.length };
@@ -358,10 +384,18 @@ stats.threads = rt.threads;
 stats.modelBytes = rt.modelBytes;
 stats.modelLoadMs = performance.now() - t0;
 
+const timing = { preMs: 0, inferMs: 0, smoothMs: 0, postMs: 0 }; // EMAs of each stage, ms
+stats.timing = timing;
+const ema = (key, start) => { const ms = performance.now() - start; timing[key] = timing[key] ? 0.9 * timing[key] + 0.1 * ms : ms; };
+
 async function infer(rgba, h, w) {
+  let ts = performance.now();
   const { box, small } = preprocess(rgba, h, w);
+  ema("preMs", ts);
   const input = new rt.ort.Tensor("float32", inputData, [1, 3, SIZE, SIZE]);
+  ts = performance.now();
   const result = await rt.session.run({ [rt.session.inputNames[0]]: input });
+  ema("inferMs", ts);
   const out = result[rt.session.outputNames[0]];
   if (out.dims.length !== 4 || out.dims[1] !== NUM_CLASSES || out.dims[2] !== SIZE || out.dims[3] !== SIZE) {
     throw new Error(`model output ${out.dims} is not [1, ${NUM_CLASSES}, ${SIZE}, ${SIZE}]`);
@@ -404,7 +438,6 @@ async function runCamera() {
   await video.play();
   const canvas = $("output"), ctx = canvas.getContext("2d", { willReadFrequently: true });
   const times = [];
-  let smoothMs = 0;
   for (;;) {
     const h = video.videoHeight, w = video.videoWidth;
     if (!h || !w) { await new Promise((r) => setTimeout(r, 20)); continue; }
@@ -412,17 +445,18 @@ async function runCamera() {
     ctx.drawImage(video, 0, 0, w, h);
     const frame = ctx.getImageData(0, 0, w, h);
     const { crop, box, small } = await infer(frame.data, h, w);
-    const ts = performance.now();
+    let ts = performance.now();
     const smoothed = smoother.update(crop, small, box.nh, box.nw);
-    smoothMs = 0.9 * smoothMs + 0.1 * (performance.now() - ts);
+    ema("smoothMs", ts);
+    ts = performance.now();
     const { prob, mean } = upsample(smoothed, box);
     recolor(frame.data, prob, h, w, $("color").value, Number($("strength").value));
     ctx.putImageData(frame, 0, 0);
+    ema("postMs", ts);
     const now = performance.now();
     if (stats.frames === 0) stats.firstFrameMs = now; // since navigation start: time to first coloured frame
     stats.frames += 1;
     stats.hairFraction = mean;
-    stats.smoothMs = smoothMs;
     times.push(now);
     while (times.length > 2 && now - times[0] > 3000) times.shift();
     stats.fps = times.length > 1 ? (1000 * (times.length - 1)) / (now - times[0]) : 0;
