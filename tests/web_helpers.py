@@ -46,8 +46,9 @@ def export_deeplab(directory: Path, input_size: int = 129, seed: int = 0) -> Pat
     ``model.onnx`` (dynamo exporter, softmax in the graph) and ``model.json``. Untrained, but with
     trained-like BatchNorm statistics and a wide classifier, so its probabilities spread over (0, 1)."""
     torch.manual_seed(seed)
-    net = build_model(backbone="mobilenet_v2", output_stride=16, pretrained="none", aspp_channels=16,
-                      decoder_channels=16)
+    net = build_model(
+        backbone="mobilenet_v2", output_stride=16, pretrained="none", aspp_channels=16, decoder_channels=16
+    )
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None

@@ -110,8 +110,9 @@ def check_integrity(data: bytes, integrity: str) -> None:
         raise OrtWebError(f"tarball integrity mismatch: got sha512-{got}, npm says {integrity}")
 
 
-def download_tarball(url: str = TARBALL_URL, integrity: str = TARBALL_INTEGRITY, timeout: float = 120.0) -> bytes:
+def download_tarball(url: str | None = None, integrity: str | None = None, timeout: float = 120.0) -> bytes:
     """The pinned npm tarball, checked against its sha512 integrity (``HAIRSEG_ORT_WEB_TARBALL``: a local file)."""
+    url, integrity = url or TARBALL_URL, integrity or TARBALL_INTEGRITY
     local = os.environ.get("HAIRSEG_ORT_WEB_TARBALL")
     if local:
         data = Path(local).read_bytes()

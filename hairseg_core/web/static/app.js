@@ -115,12 +115,12 @@ function resizeRGB(rgba, h, w, nh, nw) {
   return out;
 }
 
-const inputData = new Float32Array(3 * SIZE * SIZE);
-// Letterbox + normalise into the NCHW float32 canvas; padding is 0 (the ImageNet mean after normalisation)
+// Letterbox + normalise into the NCHW float32 canvas; padding is 0 (the ImageNet mean after normalisation).
+// A fresh buffer per frame: with the proxy worker two frames are in flight.
 function preprocess(rgba, h, w) {
   const box = letterboxFit(h, w, SIZE);
   const small = resizeRGB(rgba, h, w, box.nh, box.nw);
-  inputData.fill(0);
+  const inputData = new Float32Array(3 * SIZE * SIZE);
   const plane = SIZE * SIZE;
   for (let y = 0; y < box.nh; y++) {
     for (let x = 0; x < box.nw; x++) {
@@ -128,7 +128,7 @@ function preprocess(rgba, h, w) {
       for (let c = 0; c < 3; c++) inputData[c * plane + d] = Math.fround(Math.fround(small[s + c] * NSCALE[c]) + NBIAS[c]);
     }
   }
-  return { box, small };
+  return { box, small, inputData };
 }
 
 // The hair channel of the pasted region, as an nh x nw map (clipped to [0, 1] later, as the app does)
@@ -359,15 +359,19 @@ async function createSession() {
     : 1;
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.simd = true;
+  // WASM runs in a worker (ORT's proxy): the page colours frame t while the network runs on frame t+1
+  const proxy = !useGpu && params.get("proxy") !== "0";
+  ort.env.wasm.proxy = proxy;
   const options = {
     executionProviders: useGpu ? ["webgpu", "wasm"] : ["wasm"],
     graphOptimizationLevel: "all",
     // no busy-waiting pool threads between runs: the page's own JavaScript needs those cores (as in Python)
     extra: { session: { "intra_op.allow_spinning": "0" } },
   };
+  const modelSize = modelBytes.length; // read before the proxy worker takes the buffer
   const session = await ort.InferenceSession.create(modelBytes, options);
   const backend = useGpu ? "webgpu" : `wasm (SIMD, ${threads} thread${threads > 1 ? "s" : ""}${crossOriginIsolated ? "" : ", not cross-origin isolated"})`;
-  return { ort, session, backend, threads, modelBytes: modelBytes.length };
+  return { ort, session, backend, threads, proxy, modelBytes: modelSize };
 }
 
 const t0 = performance.now();
@@ -390,7 +394,7 @@ const ema = (key, start) => { const ms = performance.now() - start; timing[key] 
 
 async function infer(rgba, h, w) {
   let ts = performance.now();
-  const { box, small } = preprocess(rgba, h, w);
+  const { box, small, inputData } = preprocess(rgba, h, w);
   ema("preMs", ts);
   const input = new rt.ort.Tensor("float32", inputData, [1, 3, SIZE, SIZE]);
   ts = performance.now();
@@ -436,21 +440,19 @@ async function runCamera() {
   const video = $("camera");
   video.srcObject = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
   await video.play();
-  const canvas = $("output"), ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const canvas = $("output"), ctx = canvas.getContext("2d");
+  const grab = new OffscreenCanvas(1, 1), grabCtx = grab.getContext("2d", { willReadFrequently: true });
   const times = [];
-  for (;;) {
-    const h = video.videoHeight, w = video.videoWidth;
-    if (!h || !w) { await new Promise((r) => setTimeout(r, 20)); continue; }
-    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
-    ctx.drawImage(video, 0, 0, w, h);
-    const frame = ctx.getImageData(0, 0, w, h);
-    const { crop, box, small } = await infer(frame.data, h, w);
+
+  function finish(job) { // smoothing, colouring and drawing of a frame whose network output is in
+    const { frame, h, w, out } = job, { crop, box, small } = out;
     let ts = performance.now();
     const smoothed = smoother.update(crop, small, box.nh, box.nw);
     ema("smoothMs", ts);
     ts = performance.now();
     const { prob, mean } = upsample(smoothed, box);
     recolor(frame.data, prob, h, w, $("color").value, Number($("strength").value));
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
     ctx.putImageData(frame, 0, 0);
     ema("postMs", ts);
     const now = performance.now();
@@ -460,7 +462,20 @@ async function runCamera() {
     times.push(now);
     while (times.length > 2 && now - times[0] > 3000) times.shift();
     stats.fps = times.length > 1 ? (1000 * (times.length - 1)) / (now - times[0]) : 0;
-    $("status").textContent = `${stats.fps.toFixed(1)} fps · ${rt.backend} · smoothing ${smoother.kind} · hair ${(100 * mean).toFixed(1)} % · letterbox ${SIZE} px · first frame ${(stats.firstFrameMs / 1000).toFixed(1)} s`;
+    $("status").textContent = `${stats.fps.toFixed(1)} fps · ${rt.backend}${rt.proxy ? " in a worker" : ""} · smoothing ${smoother.kind} · hair ${(100 * mean).toFixed(1)} % · letterbox ${SIZE} px · first frame ${(stats.firstFrameMs / 1000).toFixed(1)} s`;
+  }
+
+  let previous = null;
+  for (;;) {
+    const h = video.videoHeight, w = video.videoWidth;
+    if (!h || !w) { await new Promise((r) => setTimeout(r, 20)); continue; }
+    if (grab.width !== w || grab.height !== h) { grab.width = w; grab.height = h; }
+    grabCtx.drawImage(video, 0, 0, w, h);
+    const job = { frame: grabCtx.getImageData(0, 0, w, h), h, w };
+    job.pending = infer(job.frame.data, h, w).then((out) => { job.out = out; });
+    if (previous) finish(previous); // overlaps the network run of this frame (in the worker)
+    await job.pending;
+    previous = job;
     await new Promise((r) => setTimeout(r, 0)); // let the page breathe (controls, rendering)
   }
 }
