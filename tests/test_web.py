@@ -307,4 +307,4 @@ def test_page_mask_matches_onnxruntime_in_python(deeplab_export: Path) -> None:
     diff = np.abs(browser_prob - want)
     print(f"\npage vs ONNX Runtime (Python): max |dprob| {diff.max():.2e}, mean {diff.mean():.2e}")
     assert want.std() > 0.05, "the fixture model's probabilities do not vary: the comparison would be vacuous"
-    assert diff.mean() < 1e-3 and diff.max() < 2e-2
+    assert diff.mean() < 1e-4 and diff.max() < 1e-2  # measured: 1.3e-6 / 9.0e-6
