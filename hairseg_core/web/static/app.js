@@ -353,15 +353,17 @@ async function createSession() {
   }
   const ort = await import(useGpu ? "/ort/ort.webgpu.min.mjs" : "/ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = "/ort/";
-  const threadsParam = params.get("threads");
-  const threads = crossOriginIsolated
-    ? (threadsParam ? Number(threadsParam) : cfg.threads || Math.min(4, navigator.hardwareConcurrency || 1))
-    : 1;
-  ort.env.wasm.numThreads = threads;
-  ort.env.wasm.simd = true;
   // WASM runs in a worker (ORT's proxy): the page colours frame t while the network runs on frame t+1
   const proxy = !useGpu && params.get("proxy") !== "0";
   ort.env.wasm.proxy = proxy;
+  // Default threads: the cores the page's own thread leaves free when the network runs in the worker, up to
+  // 4 (on 2 cores, 1 network thread in the worker beat 2: benchmarks/README.md, "Browser page")
+  const cores = navigator.hardwareConcurrency || 1, threadsParam = params.get("threads");
+  const threads = crossOriginIsolated
+    ? (threadsParam ? Number(threadsParam) : cfg.threads || Math.max(1, Math.min(4, proxy ? cores - 1 : cores)))
+    : 1;
+  ort.env.wasm.numThreads = threads;
+  ort.env.wasm.simd = true;
   const options = {
     executionProviders: useGpu ? ["webgpu", "wasm"] : ["wasm"],
     graphOptimizationLevel: "all",
@@ -370,7 +372,10 @@ async function createSession() {
   };
   const modelSize = modelBytes.length; // read before the proxy worker takes the buffer
   const session = await ort.InferenceSession.create(modelBytes, options);
-  const backend = useGpu ? "webgpu" : `wasm (SIMD, ${threads} thread${threads > 1 ? "s" : ""}${crossOriginIsolated ? "" : ", not cross-origin isolated"})`;
+  const where = proxy ? " in a worker" : "";
+  const backend = useGpu
+    ? "webgpu"
+    : `wasm (SIMD, ${threads} thread${threads > 1 ? "s" : ""}${where}${crossOriginIsolated ? "" : ", not cross-origin isolated"})`;
   return { ort, session, backend, threads, proxy, modelBytes: modelSize };
 }
 
@@ -462,7 +467,7 @@ async function runCamera() {
     times.push(now);
     while (times.length > 2 && now - times[0] > 3000) times.shift();
     stats.fps = times.length > 1 ? (1000 * (times.length - 1)) / (now - times[0]) : 0;
-    $("status").textContent = `${stats.fps.toFixed(1)} fps · ${rt.backend}${rt.proxy ? " in a worker" : ""} · smoothing ${smoother.kind} · hair ${(100 * mean).toFixed(1)} % · letterbox ${SIZE} px · first frame ${(stats.firstFrameMs / 1000).toFixed(1)} s`;
+    $("status").textContent = `${stats.fps.toFixed(1)} fps · ${rt.backend} · smoothing ${smoother.kind} · hair ${(100 * mean).toFixed(1)} % · letterbox ${SIZE} px · first frame ${(stats.firstFrameMs / 1000).toFixed(1)} s`;
   }
 
   let previous = null;
