@@ -308,3 +308,22 @@ def test_page_mask_matches_onnxruntime_in_python(deeplab_export: Path) -> None:
     print(f"\npage vs ONNX Runtime (Python): max |dprob| {diff.max():.2e}, mean {diff.mean():.2e}")
     assert want.std() > 0.05, "the fixture model's probabilities do not vary: the comparison would be vacuous"
     assert diff.mean() < 1e-4 and diff.max() < 1e-2  # measured: 1.3e-6 / 9.0e-6
+
+
+def test_page_smoother_mirror_follows_motion_and_cuts_flicker() -> None:
+    """The page's flow_ema (mirrored in Python for benchmarks/flicker.py): on a shaken portrait with noisy
+    probabilities it flickers less than no smoothing and keeps the IoU (it follows the motion)."""
+    from hairseg_core.artifact import synthetic_portrait
+    from hairseg_core.temporal import ShakeSettings, compare_smoothers, shake_video
+    from hairseg_core.web.smoothing import WebFlowEma
+
+    image = synthetic_portrait(160, 160, seed=2)
+    mask = image.mean(axis=2) < 70  # the portrait's dark hair
+    video = shake_video(image, mask, 10, ShakeSettings(max_shift_px=3.0, noise_std=2.0), seed=1)
+    rng = np.random.default_rng(0)
+    probs = [np.clip(c + rng.normal(0, 0.25, c.shape).astype(np.float32), 0, 1) for c in video.coverage]
+    results = compare_smoothers([probs], [video], {"none": lambda: WebFlowEma(momentum=0.0), "web": WebFlowEma})
+    none, web = results["none"].scores, results["web"].scores
+    print(f"\nweb_flow_ema {web.summary()} vs none {none.summary()}")
+    assert web.flicker_boundary < 0.7 * none.flicker_boundary, (web.summary(), none.summary())
+    assert web.iou > none.iou - 0.02
