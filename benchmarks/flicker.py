@@ -50,6 +50,7 @@ from hairseg_core.temporal import (  # noqa: E402
     shake_video,
     true_motion,
 )
+from hairseg_core.web.smoothing import WebFlowEma  # noqa: E402
 
 DEFAULT_SMOOTHERS = (
     "none",
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=2.0, help="sensor noise std in grey levels (default 2)")
     parser.add_argument("--band", type=int, default=5, help="boundary band half-width in px (default 5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoothers", nargs="+", default=list(DEFAULT_SMOOTHERS), help="name[:key=value,...]")
+    parser.add_argument(
+        "--smoothers", nargs="+", default=list(DEFAULT_SMOOTHERS), help="name[:key=value,...]; web_flow_ema: the page's"
+    )
     parser.add_argument("--iou-tolerance", type=float, default=0.001, help="IoU loss allowed vs none for 'best'")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
     builders: dict[str, Any] = {}
     for spec in args.smoothers:
+        if spec == "web_flow_ema":  # the browser page's smoother (hairseg_core/web/smoothing.py), at its grid
+            builders[spec] = lambda: WebFlowEma(size=predictor.input_size)
+            continue
         name, params = parse_smoother(spec)
 
         def build(name: str = name, params: dict[str, float] = params) -> Smoother:

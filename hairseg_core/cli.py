@@ -500,7 +500,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-public", action="store_true", help="accept --host 0.0.0.0 (then put TLS in front)")
     p.add_argument("--print-only", action="store_true", help="write the auth settings and print the command only")
     p.set_defaults(func=cmd_tracking_server)
+
+    p = sub.add_parser("web", help="the exported model in a web page (ONNX Runtime Web on the user's camera)")
+    websub = p.add_subparsers(dest="web_cmd", required=True)
+    s = websub.add_parser("serve", help="serve the hair-colouring page for an export (no frame leaves the browser)")
+    s.add_argument("--model", required=True, help="export dir, .onnx file or models:/hairseg@champion")
+    add_web_arguments(s)
+    websub.add_parser("fetch", help="download the pinned WebGPU build of onnxruntime-web (sha512-checked) once")
+    websub.add_parser("verify", help="check the vendored WASM build and the WebGPU cache against their pins")
+    p.set_defaults(func=cmd_web)
     return parser
+
+
+def add_web_arguments(p: argparse.ArgumentParser) -> None:
+    """``--port/--host/--no-browser/--web-threads`` of the page server (also used by pipelines/webcam.py)."""
+    p.add_argument("--port", type=int, default=8000, help="port of the page server (default 8000; 0: any free)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: the camera needs a secure context, which localhost is)",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument(
+        "--web-threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime WASM threads in the page (default: min(4, the browser's cores))",
+    )
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web import ortweb
+
+    if args.web_cmd != "serve":
+        return ortweb.main([args.web_cmd])
+    from .web.server import serve_forever
+
+    try:
+        serve_forever(
+            args.model, host=args.host, port=args.port, open_browser=not args.no_browser, threads=args.web_threads
+        )
+    except (FileNotFoundError, ValueError, ortweb.OrtWebError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ Examples::
     python pipelines/webcam.py --model exports/webcam --source 0 --color red
     python pipelines/webcam.py --model models:/hairseg@champion --source clip.mp4 --headless --output out.mp4
     python pipelines/webcam.py --model model.onnx --source photos/ --headless --output coloured/
+    python pipelines/webcam.py --model exports/webcam --web --port 8000    # in the browser (hairseg_core.web)
 
 Window keys: ``c``/space next colour, ``+``/``-`` strength, ``q``/Esc quit. Output: ``.mp4`` (mp4v),
 ``.avi`` (MJPG), ``.mkv`` (FFV1, lossless) video; an image path for a single image; otherwise a directory
@@ -32,6 +33,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from hairseg_core.cli import add_web_arguments  # noqa: E402
 from hairseg_core.coloring import NAMED_COLORS, parse_color, recolor  # noqa: E402
 from hairseg_core.inference import HairPredictor, InferenceError, load_predictor  # noqa: E402
 from hairseg_core.registry import UnknownNameError  # noqa: E402
@@ -208,13 +210,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-channels-last", action="store_true", help="eager back-end: keep NCHW weights")
     parser.add_argument("--camera-timeout", type=float, default=5.0, help="seconds to wait for the first frame")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    web = parser.add_argument_group(
+        "browser", "--web: serve a page that runs the ONNX export in the browser on the user's camera instead"
+    )
+    web.add_argument("--web", action="store_true", help="serve the hair-colouring web page (Ctrl-C stops it)")
+    add_web_arguments(web)
     return parser
+
+
+def run_web(args: argparse.Namespace) -> int:
+    """``--web``: the page gets the colour, strength and smoothing; the rest of the options are the desktop app's."""
+    from hairseg_core.tracking import TrackingUnavailable  # deferred: MLflow only when it is used
+    from hairseg_core.web.ortweb import OrtWebError
+    from hairseg_core.web.server import PAGE_SMOOTHERS, serve_forever
+
+    smoothing = args.smoothing or PAGE_SMOOTHERS[0]
+    if args.smooth is not None:
+        smoothing = "none" if args.smooth == 0 else "ema"
+    try:
+        serve_forever(
+            args.model,
+            host=args.host,
+            port=args.port,
+            open_browser=not args.no_browser,
+            color=args.color,
+            strength=args.strength,
+            smoothing=smoothing,
+            threads=args.web_threads,
+        )
+    except (FileNotFoundError, ValueError, OrtWebError, OSError, TrackingUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hairseg_core.tracking import TrackingUnavailable  # deferred: MLflow only when it is used
 
+    if args.web:
+        return run_web(args)
     try:
         stats = run(args)
     except (SourceError, InferenceError, UnknownNameError, ValueError, FileNotFoundError, TrackingUnavailable) as exc:
