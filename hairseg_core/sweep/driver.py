@@ -290,7 +290,18 @@ def run_sweep(sweep: PreparedSweep) -> int:
             # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the
             # sweep is not over, so it must be neither summarised as done nor finalized.
             tracker.end_run(parent, "KILLED")
-            print(f"\n{progress.ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr)
+            if len(results) < space.num_samples and progress.ended == len(results):
+                # No trial was left running, so no stop signal ended this: Tune's restored state had fewer
+                # trials than its searcher had counted (see sweep/restore_state.py); resuming creates the rest.
+                print(
+                    f"\nTune ended with {len(results)} of {space.num_samples} trials created, all ended; "
+                    "the others were lost from its saved state and are created by resuming.",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    f"\n{progress.ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr
+                )
             print(hint, file=sys.stderr)
             return 130
         if progress.completed == space.num_samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from ray import tune
@@ -10,6 +11,7 @@ from ray.tune import Callback
 from hairseg_core.config import SearchSpace
 from hairseg_core.sweep.callbacks import MlflowStatusCallback
 from hairseg_core.sweep.fail_once import FailOnceCallback
+from hairseg_core.sweep.restore_state import align_searcher_with_trials
 from hairseg_core.sweep.space import build_scheduler, build_searcher
 from hairseg_core.sweep.state import sweep_dir
 from hairseg_core.sweep.trial import LatencySettings, TrackingSettings, run_trial
@@ -79,6 +81,9 @@ def build_tuner(
         path = sweep_dir(settings.storage_path, settings.name)
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"no restorable sweep at {path}")
+        repair = align_searcher_with_trials(path)
+        if repair is not None and repair.changed:
+            print(f"warning: {repair.describe()}", file=sys.stderr)
         # The callbacks come back from the pickled run config; their actor handles are rebuilt lazily.
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     run_config = tune.RunConfig(
