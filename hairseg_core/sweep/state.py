@@ -385,6 +385,7 @@ class Lease:
         self.uri = uri
         self.holder = holder
         self.interval = interval
+        self.created_dirs: list[Path] = []  # deepest first; set by ``acquire_lease``
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="hairseg-lease-heartbeat", daemon=True)
@@ -412,9 +413,12 @@ class Lease:
             if current is not None and current.get("token") == self.holder["token"]:
                 fs, path = pyarrow.fs.FileSystem.from_uri(self.uri)
                 fs.delete_file(path)
-                folder = Path(path).parent
-                if isinstance(fs, pyarrow.fs.LocalFileSystem) and folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()  # a driver that stopped before Tune started leaves no trace
+                if isinstance(fs, pyarrow.fs.LocalFileSystem):
+                    # A driver that stopped before Tune started leaves no trace: the sweep's folder, and the
+                    # storage folder when this lease created it, go again if nothing else was written there.
+                    for folder in [Path(path).parent, *self.created_dirs]:
+                        if folder.is_dir() and not any(folder.iterdir()):
+                            folder.rmdir()
         except (OSError, ManifestCorrupt) as exc:
             logger.warning("could not release the lease %s: %s", self.uri, exc)
 
@@ -474,7 +478,12 @@ def acquire_lease(storage_path: str, name: str, break_lease: bool = False, inter
                 "Wait for it to end; if that driver is gone for good, add --break-lease."
             )
         logger.warning("taking over the lease of sweep %s from %s: %s", name, describe_holder(current), why)
+    created: list[Path] = []  # folders this lease makes (the storage root too): removed again if left empty
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        folder = Path(path).parent
+        while not folder.exists():
+            created.append(folder)
+            folder = folder.parent
         _take_local_lease(path, holder, name, uri, stale=current is not None)
     else:
         write_json_atomic(uri, holder)
@@ -483,4 +492,6 @@ def acquire_lease(storage_path: str, name: str, break_lease: bool = False, inter
     if check is None or check.get("token") != holder["token"]:
         other = describe_holder(check or {})
         raise LeaseHeld(f"sweep {name}: another driver took its lease at the same moment ({other})")
-    return Lease(uri, holder, interval if interval is not None else min(30.0, stale_after / 4))
+    lease = Lease(uri, holder, interval if interval is not None else min(30.0, stale_after / 4))
+    lease.created_dirs = created
+    return lease
