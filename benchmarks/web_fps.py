@@ -12,13 +12,20 @@ from navigation to the first coloured frame, and the download (model + ONNX Runt
 
     python benchmarks/web_fps.py --model exports/<sweep> --seconds 15
     python benchmarks/web_fps.py --settings 1:proxy 2:proxy 2:main --json out.json
+    python benchmarks/web_fps.py --model exports/<sweep> --webcam-command --settings 1:proxy 1:proxy 1:proxy
+
+``--webcam-command`` serves the page the way a user does, with ``python pipelines/webcam.py --model M --web
+--port P --no-browser`` in its own process, instead of an in-process server (the browser issue's done-when).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +42,35 @@ from hairseg_core.web import ortweb  # noqa: E402
 from hairseg_core.web.server import WebServer  # noqa: E402
 
 
+class WebcamCommandServer:
+    """``pipelines/webcam.py --web`` in a subprocess: the page as a user starts it; ``url`` once it listens."""
+
+    def __init__(self, model: Path, port: int = 8799) -> None:
+        self.model, self.port, self.url = model, port, f"http://127.0.0.1:{port}/"
+        meta = json.loads((model / "model.json").read_text()) if (model / "model.json").is_file() else {}
+        self.input_size = meta.get("input", {}).get("size")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> WebcamCommandServer:
+        command = [sys.executable, str(ROOT / "pipelines" / "webcam.py"), "--model", str(self.model)]
+        command += ["--web", "--port", str(self.port), "--no-browser"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"webcam.py --web exited {self.proc.returncode}: {self.proc.stdout.read()[-2000:]}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"webcam.py --web did not listen on port {self.port} within 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.communicate(timeout=30)
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -42,7 +78,9 @@ def load_average() -> str:
         return "n/a"
 
 
-def measure(pw, server: WebServer, clip: Path, threads: int, proxy: bool, smoothing: str, seconds: float) -> dict:
+def measure(
+    pw, server: WebServer | WebcamCommandServer, clip: Path, threads: int, proxy: bool, smoothing: str, seconds: float
+) -> dict:
     browser = launch_chromium(pw, clip)
     try:
         page = browser.new_page()
@@ -85,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoothing", default="flow_ema", choices=["flow_ema", "ema", "none"])
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds after the first coloured frame")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--webcam-command", action="store_true", help="serve with `pipelines/webcam.py --web` in its own process"
+    )
     args = parser.parse_args(argv)
     sync_playwright, reason = playwright_or_reason()
     if reason:
@@ -97,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clip: 640x480 shake video of {source}; load average before: {load_average()}")
         with sync_playwright() as pw:
             for model in models:
-                with WebServer(model) as server:
-                    size = server.app.model.metadata.input_size
+                serving = WebcamCommandServer(model) if args.webcam_command else WebServer(model)
+                with serving as server:
+                    size = server.input_size if args.webcam_command else server.app.model.metadata.input_size
                     for setting in args.settings:
                         threads, _, mode = setting.partition(":")
                         row = measure(pw, server, clip, int(threads), mode != "main", args.smoothing, args.seconds)
