@@ -56,8 +56,13 @@ def _alive(sweep) -> None:
         raise AssertionError(f"the sweep ended before the fault was injected: {sweep.describe()}")
 
 
-def test_worker_node_loss_restarts_trial_from_checkpoint(ws: Workspace) -> None:
-    space = ws.space(DRILL_SPACE)
+@pytest.mark.parametrize(
+    "data_input",
+    ["stream", "memory"],
+    ids=["node-cache", "object-store"],  # both input paths: the restarted trial must find its data on the survivor
+)
+def test_worker_node_loss_restarts_trial_from_checkpoint(ws: Workspace, data_input: str) -> None:
+    space = ws.space({**DRILL_SPACE, "data": {"input": data_input}})
     with local_cluster(workers=2) as (cluster, (victim, survivor)):
         sweep = ws.start(["--space", str(space), "--address", cluster.address, "--no-finalize", "--quiet"])
 
