@@ -1,4 +1,4 @@
-"""Speed of the paired bootstrap behind the promotion decision (``hairseg_core.bootstrap``).
+"""Speed of the paired bootstrap behind the promotion decision (``hairseg_core.final.bootstrap``).
 
 Times one full decision as the final stage makes it: draw the ``[R, N]`` resample counts, score
 both models' per-image confusion and boundary counts on every resample, take the percentile
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hairseg_core.bootstrap import PerImageCounts, bootstrap_weights, metric_interval, paired_bootstrap
+from hairseg_core.final.bootstrap import PerImageCounts, bootstrap_weights, metric_interval, paired_bootstrap
 
 
 def fake_counts(n: int, seed: int, pixels: int = 250 * 250) -> PerImageCounts:

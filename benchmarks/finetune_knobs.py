@@ -49,10 +49,10 @@ def run_variant(job: tuple[str, dict[str, Any], int, int, str]) -> tuple[str, di
     torch.set_num_threads(1)
     from hairseg_core.config import load_train_config, train_config_from_dict
     from hairseg_core.data import build_dataset
+    from hairseg_core.deploy.inference import HairPredictor
     from hairseg_core.evaluate import evaluate_predictor
-    from hairseg_core.inference import HairPredictor
     from hairseg_core.scaling import attach_train_scale, inference_scale
-    from hairseg_core.train import Trainer
+    from hairseg_core.train.trainer import Trainer
 
     base = load_train_config(ROOT / "configs" / "celeb1k_mobilenet_v2.yaml").model_dump()
     # num_workers 0: one core per variant, augmentation in the training thread (as laptop.yaml;

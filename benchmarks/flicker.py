@@ -2,7 +2,7 @@
 """Flicker benchmark: temporal smoothers of the webcam app on shake videos made from real stills.
 
 Each of ``--images`` test stills (evenly spaced through the split) becomes a ``--frames`` video under small
-seeded camera shake (``hairseg_core.temporal.shake_video``: AR(1) translation <= 2 px, rotation <= 1 deg,
+seeded camera shake (``hairseg_core.deploy.temporal.shake_video``: AR(1) translation <= 2 px, rotation <= 1 deg,
 zoom <= 1 %, Gaussian sensor noise ``--noise`` grey levels), with the ground-truth mask warped alike. The
 model runs once per frame the way the app runs it (letterbox at the export's input size); every smoother
 then gets the same probabilities. Per smoother:
@@ -39,8 +39,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hairseg_core.inference import load_predictor  # noqa: E402
-from hairseg_core.temporal import (  # noqa: E402
+from hairseg_core.deploy.inference import load_predictor  # noqa: E402
+from hairseg_core.deploy.temporal import (  # noqa: E402
     DEFAULT_SMOOTHER,
     SMOOTHERS,
     ShakeSettings,
@@ -50,7 +50,7 @@ from hairseg_core.temporal import (  # noqa: E402
     shake_video,
     true_motion,
 )
-from hairseg_core.web.smoothing import WebFlowEma  # noqa: E402
+from hairseg_core.deploy.web.smoothing import WebFlowEma  # noqa: E402
 
 DEFAULT_SMOOTHERS = (
     "none",
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     builders: dict[str, Any] = {}
     for spec in args.smoothers:
-        if spec == "web_flow_ema":  # the browser page's smoother (hairseg_core/web/smoothing.py), at its grid
+        if spec == "web_flow_ema":  # the browser page's smoother (hairseg_core/deploy/web/smoothing.py), at its grid
             builders[spec] = lambda: WebFlowEma(size=predictor.input_size)
             continue
         name, params = parse_smoother(spec)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(title)
     print(markdown_table(table))
     print(f"best (lowest boundary flicker, IoU within {args.iou_tolerance:g} of none): {best}")
-    print(f"app default (hairseg_core.temporal.DEFAULT_SMOOTHER): {DEFAULT_SMOOTHER}")
+    print(f"app default (hairseg_core.deploy.temporal.DEFAULT_SMOOTHER): {DEFAULT_SMOOTHER}")
     result = {
         "model": str(args.model),
         "backend": predictor.backend,

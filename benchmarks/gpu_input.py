@@ -1,8 +1,8 @@
 """Does the input pipeline keep a GPU busy? Training images/s with real loading, by loader processes per trial.
 
 Why: a trial's CPUs (``resources.cpu``) run its DataLoader (``cpu - 1`` worker processes, see
-``hairseg_core.train.default_num_workers``). Too few and the GPU waits for augmentation; too many and a node
-runs fewer trials. This trains the spaces' GPU configurations (the Trainer's step, ``hairseg_core.gpu_settings``)
+``hairseg_core.train.trainer.default_num_workers``). Too few and the GPU waits for augmentation; too many and a node
+runs fewer trials. This trains the spaces' GPU configurations (the Trainer's step, ``hairseg_core.train.gpu_settings``)
 on real photos read through the streaming input path (the memory-mapped node cache) with the paper's training
 augmentation (random scale crop + Gaussian blur), for several loader worker counts, next to the same step on
 random tensors already on the GPU (the GPU's own rate). One JSON line per (configuration, workers):
@@ -69,8 +69,8 @@ def measure(
 
     from hairseg_core.data.splits import TransformedDataset
     from hairseg_core.data.transforms import build_train_transform
-    from hairseg_core.gpu_settings import applied, make_optimizer
-    from hairseg_core.losses import mixed_loss
+    from hairseg_core.train.gpu_settings import applied, make_optimizer
+    from hairseg_core.train.losses import mixed_loss
 
     dataset = TransformedDataset(split, build_train_transform(crop, crop, rsc=True, blur=True, seed=0))
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**7)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hairseg_core.data import build_dataset
     from hairseg_core.data.node_cache import build_or_open
-    from hairseg_core.gpu_settings import build_train_parts, time_training
+    from hairseg_core.train.gpu_settings import build_train_parts, time_training
 
     cv2.setNumThreads(1)
     if not args.dry_run and not torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """GPU settings in one run: AMP x channels-last x cudnn benchmark per backbone, GPU sharing, the ``auto`` probe.
 
 Why: the GPU settings a sweep uses (``amp`` / ``channels_last`` / ``cudnn_benchmark``, ``resources.gpu``) and
-its cost estimate come from measurement (``hairseg_core/gpu_measurements/``), and a new GPU model needs new
+its cost estimate come from measurement (``hairseg_core/train/gpu_measurements/``), and a new GPU model needs new
 figures. One command measures everything on one CUDA device, in under 7 minutes on an H200:
 
 1. ``settings``: training images/s and peak memory of every AMP x channels-last x cudnn-benchmark combination
@@ -10,16 +10,16 @@ figures. One command measures everything on one CUDA device, in under 7 minutes 
 2. ``share``: N processes (torch.multiprocessing's forkserver, no Ray: what ``resources.gpu = 1/N`` does to N trials)
    training the same configuration on the one GPU at once, N = 1, 2, 4, 8: aggregate images/s and peak
    memory per process;
-3. ``probe``: what ``auto`` picks (``hairseg_core.gpu_settings``, through a real settings cache) against the
+3. ``probe``: what ``auto`` picks (``hairseg_core.train.gpu_settings``, through a real settings cache) against the
    best combination of section 1, and how long the probe and a cache hit take.
 
-The step is the Trainer's (``hairseg_core.gpu_settings.time_training``: its model, loss, optimizer and
+The step is the Trainer's (``hairseg_core.train.gpu_settings.time_training``: its model, loss, optimizer and
 GradScaler on random tensors already on the GPU), so the figure is the GPU's, not the data loader's. Networks
 are built without pretrained weights (they change no timing). One JSON line per configuration goes to stdout
 and, with ``--out FILE``, to FILE, flushed as it goes: a run stopped by a time limit keeps its lines. Each
 section has a time box (a share of ``--budget-s``); what does not fit is reported as skipped.
 
-Only torch, torchvision, timm and numpy are needed (plus OpenCV, which ``hairseg_core.losses`` imports): no
+Only torch, torchvision, timm and numpy are needed (plus OpenCV, which ``hairseg_core.train.losses`` imports): no
 pydantic, albumentations, Ray, MLflow or Optuna, so it runs on a bare GPU machine.
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_train.py --all --out $OUT/gpu.jsonl    # on the GPU machine
@@ -84,7 +84,7 @@ class Config:
         }
 
     def train_config(self, **knobs: Any) -> SimpleNamespace:
-        """The attributes ``hairseg_core.gpu_settings`` reads from a ``TrainConfig`` (no pydantic here)."""
+        """The attributes ``hairseg_core.train.gpu_settings`` reads from a ``TrainConfig`` (no pydantic here)."""
         return SimpleNamespace(
             backbone=self.backbone,
             output_stride=self.output_stride,
@@ -207,7 +207,7 @@ class TimeBox:
 
 
 def _combos() -> list[dict[str, bool]]:
-    from hairseg_core.gpu_settings import candidates
+    from hairseg_core.train.gpu_settings import candidates
 
     return candidates({"amp": "auto", "channels_last": "auto", "cudnn_benchmark": "auto"})
 
@@ -233,7 +233,7 @@ def _free(device: Any) -> None:
 
 def section_settings(plan: Plan, out: Output, box: TimeBox) -> dict[str, dict[str, float | None]]:
     """Every combination for every configuration; returns images/s by configuration label and combination."""
-    from hairseg_core.gpu_settings import build_train_parts, combo_name, is_out_of_memory, time_training
+    from hairseg_core.train.gpu_settings import build_train_parts, combo_name, is_out_of_memory, time_training
 
     device = _device(plan)
     rates: dict[str, dict[str, float | None]] = {}
@@ -293,7 +293,7 @@ def _share_worker(
     try:
         import torch
 
-        from hairseg_core.gpu_settings import build_train_parts, time_training
+        from hairseg_core.train.gpu_settings import build_train_parts, time_training
 
         torch.set_num_threads(1)
         device = _device(plan)
@@ -321,7 +321,7 @@ def share_run(config: Config, settings: dict[str, bool], processes: int, plan: P
     # imported once, in the server, and each worker forks from it in a fraction of a second
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(
-        ["torch", "torchvision", "hairseg_core.gpu_settings", "hairseg_core.losses", "hairseg_core.models"]
+        ["torch", "torchvision", "hairseg_core.train.gpu_settings", "hairseg_core.train.losses", "hairseg_core.models"]
     )
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     workers = [
@@ -381,7 +381,7 @@ def section_share(plan: Plan, out: Output, box: TimeBox) -> None:
 
 def section_probe(plan: Plan, out: Output, box: TimeBox, rates: dict[str, dict[str, float | None]]) -> None:
     """``auto`` as a sweep's first trial resolves it (real probe, real cache), then as a later trial (cache)."""
-    from hairseg_core.gpu_settings import (
+    from hairseg_core.train.gpu_settings import (
         ConfigTimer,
         ProbeKey,
         SettingsCache,

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hairseg_core.latency import interleaved_times, latency_stats
+from hairseg_core.deploy.latency import interleaved_times, latency_stats
 from hairseg_core.postprocess import DenseCRF, closed_form_matting, make_trimap, mishima_matting
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, probs, trimap
@@ -69,7 +69,7 @@ def synthetic(size: int, count: int, seed: int = 0) -> list[tuple[np.ndarray, np
 def time_methods(
     methods: dict[str, Callable[[Sample], object]], samples: list[Sample], repeats: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Milliseconds per call (``hairseg_core.latency.interleaved_times``, in a fixed order): every method
+    """Milliseconds per call (``hairseg_core.deploy.latency.interleaved_times``, in a fixed order): every method
     runs on one image, then all on the next, so background load hits all of them alike. The untimed
     first calls (at least one) cover numba JIT / cache load in pymatting and OpenCV thread pool start-up."""
     calls = {name: (lambda i, fn=fn: fn(samples[i % len(samples)])) for name, fn in methods.items()}

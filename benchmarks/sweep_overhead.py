@@ -6,7 +6,7 @@ in one process, and prints wall times side by side:
 
 * ``plain loop``   ``Trainer(cfg, data).fit()`` per configuration, with the threads a trial gets
                    (``configure_threads``: torch, OpenCV, OpenMP): the cost of the training itself;
-* ``tune, 1 at a time``   the product path (``hairseg_core.sweep.trial.run_trial`` through
+* ``tune, 1 at a time``   the product path (``hairseg_core.search.trial.run_trial`` through
                    ``tune.with_parameters`` / ``tune.with_resources``, MLflow child runs in a
                    sqlite store, a checkpoint reported every epoch), one trial at a time: the
                    ratio to the plain loop is Tune + MLflow + checkpoint overhead;
@@ -55,12 +55,12 @@ from ray import tune  # noqa: E402
 
 from hairseg_core import train as train_module  # noqa: E402
 from hairseg_core.config import load_search_space  # noqa: E402
-from hairseg_core.sweep.callbacks import MlflowStatusCallback  # noqa: E402
-from hairseg_core.sweep.trial import TrackingSettings, run_trial  # noqa: E402
-from hairseg_core.sweep.tuner import REUSE_ACTORS  # noqa: E402
+from hairseg_core.search.callbacks import MlflowStatusCallback  # noqa: E402
+from hairseg_core.search.trial import TrackingSettings, run_trial  # noqa: E402
+from hairseg_core.search.tuner import REUSE_ACTORS  # noqa: E402
 from hairseg_core.threads import configure_threads  # noqa: E402
-from hairseg_core.tracking import TAG_TRIAL, Tracker  # noqa: E402
-from hairseg_core.train import Trainer, TrialData, load_trial_data  # noqa: E402
+from hairseg_core.track.runs import TAG_TRIAL, Tracker  # noqa: E402
+from hairseg_core.train.trainer import Trainer, TrialData, load_trial_data  # noqa: E402
 
 
 def measured_trial(

@@ -46,8 +46,8 @@ def measure(threads: int, steps: int, warmup: int, data_root: str) -> dict[str, 
     import torch
 
     from hairseg_core.config import load_train_config, train_config_from_dict
-    from hairseg_core.losses import mixed_loss
-    from hairseg_core.train import Trainer
+    from hairseg_core.train.losses import mixed_loss
+    from hairseg_core.train.trainer import Trainer
 
     cfg = load_train_config(CONFIG).model_dump()
     # num_workers 0: augmentation would otherwise run in a loader process competing for the same cores

@@ -2,7 +2,7 @@
 """The browser page's speed: fps in headless Chromium on a fake camera, WASM threads on and off.
 
 For each export (``--model``, repeatable; default: the small DeepLabv3+ fixture of tests/test_web.py) and
-each setting, Chromium opens the page (``hairseg_core.web``) on a fake camera playing a 640x480 Y4M clip of
+each setting, Chromium opens the page (``hairseg_core.deploy.web``) on a fake camera playing a 640x480 Y4M clip of
 a real celeb1k portrait (the synthetic one without ../shared/data), runs ``--seconds`` after the first
 coloured frame, and reads ``window.hairsegStats``. Settings: ONNX Runtime's WASM threads (``?threads=N``),
 and whether the network runs in ORT's proxy worker (overlapping with the page's colouring) or on the main
@@ -38,8 +38,8 @@ for extra in (ROOT, ROOT / "tests"):
 
 from web_helpers import export_deeplab, launch_chromium, playwright_or_reason, portrait_clip  # noqa: E402
 
-from hairseg_core.web import ortweb  # noqa: E402
-from hairseg_core.web.server import WebServer  # noqa: E402
+from hairseg_core.deploy.web import ortweb  # noqa: E402
+from hairseg_core.deploy.web.server import WebServer  # noqa: E402
 
 
 class WebcamCommandServer:

@@ -49,14 +49,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hairseg_core.artifact import ModelMetadata, load_checkpoint_model, normalize_image, read_metadata  # noqa: E402
-from hairseg_core.coloring import recolor  # noqa: E402
-from hairseg_core.export import export_all, synthetic_portrait  # noqa: E402
-from hairseg_core.inference import BACKENDS, HairPredictor, OnnxRunner, Preprocessor, unletterbox  # noqa: E402
-from hairseg_core.latency import LatencyStats, interleaved_times, latency_stats  # noqa: E402
+from hairseg_core.deploy.coloring import recolor  # noqa: E402
+from hairseg_core.deploy.inference import BACKENDS, HairPredictor, OnnxRunner, Preprocessor, unletterbox  # noqa: E402
+from hairseg_core.deploy.latency import LatencyStats, interleaved_times, latency_stats  # noqa: E402
+from hairseg_core.deploy.temporal import EmaSmoother  # noqa: E402
+from hairseg_core.final.export import export_all, synthetic_portrait  # noqa: E402
 from hairseg_core.models import build_model  # noqa: E402
 from hairseg_core.scaling import effective_eval_size  # noqa: E402
-from hairseg_core.temporal import EmaSmoother  # noqa: E402
-from hairseg_core.train import recalibrate_batchnorm as precise_bn  # noqa: E402
+from hairseg_core.train.trainer import recalibrate_batchnorm as precise_bn  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mnv2-256": {"backbone": "mobilenet_v2", "output_stride": 16, "aspp_channels": 256, "decoder_channels": 256},
@@ -155,7 +155,7 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
 
 
 def interleaved_stats(calls: dict[str, Callable[[int], object]], rounds: int, warmup: int) -> dict[str, LatencyStats]:
-    """``hairseg_core.latency.interleaved_times`` (one call of each per round, shuffled), summarised."""
+    """``hairseg_core.deploy.latency.interleaved_times`` (one call of each per round, shuffled), summarised."""
     return {name: latency_stats(t) for name, t in interleaved_times(calls, rounds, warmup).items()}
 
 
@@ -222,7 +222,7 @@ def miou_on_folder(
 ) -> dict[str, Any]:
     """mIoU of each predictor (whole-image letterbox pipeline, hair where p > 0.5) on images/ + masks/,
     plus each predictor's agreement with ``reference`` (argmax pixel agreement, max/mean |Δp|)."""
-    from hairseg_core.metrics import ConfusionMatrix
+    from hairseg_core.train.metrics import ConfusionMatrix
 
     images = sorted((split_dir / "images").glob("*"))[:limit]
     if not images:
@@ -261,7 +261,7 @@ def miou_on_folder(
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, image_dir: Path, count: int, size: int) -> int:
-    """Precise BN (``hairseg_core.train.recalibrate_batchnorm``) from ``count`` images resized to ``size``.
+    """Precise BN (``hairseg_core.train.trainer.recalibrate_batchnorm``) from ``count`` images resized to ``size``.
 
     A very short from-scratch CPU run leaves running statistics that lag far behind the weights, and the
     eval-mode network then predicts one class everywhere; averaging exact batch statistics over some

@@ -11,11 +11,11 @@ Each variant runs in a fresh subprocess (the trial module imported, as in the sw
 seconds so the raylet's prestarted workers are up (and, with preloading, done importing):
 
 * ``tune``          Tune function trainable, 2 trials one at a time, 1 CPU each, ``reuse_actors``; the
-                    trainable's body imports ``hairseg_core.sweep.trial`` (what a real trial's process
+                    trainable's body imports ``hairseg_core.search.trial`` (what a real trial's process
                     imports): ``tuner.fit()`` to the first trial's start, the import's own seconds, whether
                     the trial ran in one of the raylet's prestarted workers, and the second trial's start
                     after the first (same process: ``reuse_actors``);
-* ``tune+preload``  the same with ``_system_config={"preload_python_modules": ["hairseg_core.sweep.trial"]}``;
+* ``tune+preload``  the same with ``_system_config={"preload_python_modules": ["hairseg_core.search.trial"]}``;
 * ``actor``         a plain Ray actor (no runtime env): seconds to its first method call, prestarted or not;
 * ``actor-as-tune`` the actor class Tune itself builds for a trainable (``ray.tune.execution.class_cache``:
                     it always carries a ``runtime_env`` with ``env_vars``), same measurement.
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIAL_MODULE = "hairseg_core.sweep.trial"
+TRIAL_MODULE = "hairseg_core.search.trial"
 VARIANTS = ("tune", "tune+preload", "actor", "actor-as-tune")
 
 

@@ -14,8 +14,8 @@ evaluation and the MLflow registry is defined here and only here:
 * the loaders: :func:`load_checkpoint` (training format, strict), :func:`load_checkpoint_model` (either
   format → network), :func:`load_trained_model`, :func:`load_torchscript`, :func:`onnx_session`.
 
-Writers live in ``hairseg_core.export`` (and the trainer's ``save_checkpoint``), the back-ends and the one
-``load_predictor`` (file, export directory or ``models:/`` URI → predictor) in ``hairseg_core.inference``.
+Writers live in ``hairseg_core.final.export`` (and the trainer's ``save_checkpoint``), the back-ends and the one
+``load_predictor`` (file, export directory or ``models:/`` URI → predictor) in ``hairseg_core.deploy.inference``.
 This module imports no other ``hairseg_core`` module except ``scaling`` (numpy / OpenCV only), so every
 layer above can import it without an import circle.
 """
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .scaling import attach_train_scale, check_scale, inference_scale
-from .threads import ort_thread_options
+from hairseg_core.scaling import attach_train_scale, check_scale, inference_scale
+from hairseg_core.threads import ort_thread_options
 
 # --------------------------------------------------------------------------------------------- constants
 
@@ -62,7 +62,7 @@ DEFAULT_FILES: dict[str, str] = {
     "metadata": "model.json",
 }
 
-#: The only preprocessing mode so far; see ``hairseg_core.inference`` for the exact rule.
+#: The only preprocessing mode so far; see ``hairseg_core.deploy.inference`` for the exact rule.
 PREPROCESS_MODES: dict[str, str] = {
     "letterbox": (
         "Scale the frame by input_size / max(H, W) (keeps the aspect ratio; cv2 INTER_AREA when shrinking, "
@@ -206,7 +206,7 @@ def checkpoint_train_scale(state: Mapping[str, Any]) -> int | None:
 def model_from_state(state: Any, source: str) -> nn.Module:
     """Rebuild the eval-mode network of a checkpoint dict holding ``model_config`` and ``model_state``."""
     # Deferred: building a network imports the backbone zoo, which the ONNX / TorchScript paths never need.
-    from .models import build_model
+    from hairseg_core.models import build_model
 
     missing = [key for key in ("model_config", "model_state") if not isinstance(state, dict) or key not in state]
     if missing:

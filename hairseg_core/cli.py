@@ -25,15 +25,15 @@ from typing import Any
 
 from hairseg_core.cluster_config import ClusterConfigError, validate_cluster_config
 from hairseg_core.config import ConfigError, load_search_space, load_train_config, train_config_from_dict
-from hairseg_core.overrides import parse_set
-from hairseg_core.report import format_table
+from hairseg_core.search.overrides import parse_set
+from hairseg_core.text_table import format_table
 from hairseg_core.threads import available_cpus, configure_threads
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     # Deferred here and in every command: `hairseg --help` and the light commands must not import torch.
     from hairseg_core.artifact import CHECKPOINT_FILE, CheckpointError
-    from hairseg_core.train import Trainer  # deferred: imports torch
+    from hairseg_core.train.trainer import Trainer  # deferred: imports torch
 
     threads = configure_threads(args.threads)
     try:
@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_data(cfg: Any, args: argparse.Namespace, threads: int) -> Any:
     """The run's data by ``--data-input`` (auto: in memory within ``--memory-budget-gib``, else a node cache)."""
     from hairseg_core.config import DataSettings
-    from hairseg_core.train import load_trial_data  # deferred: imports torch
+    from hairseg_core.train.trainer import load_trial_data  # deferred: imports torch
 
     settings = DataSettings(input=args.data_input, memory_budget_gib=args.memory_budget_gib, cache_dir=args.cache_dir)
     data = load_trial_data(cfg, progress=True, settings=settings, workers=threads)
@@ -118,8 +118,8 @@ def _dataset_for(data: str, split: str, name: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """One JSON line of metrics; the network runs at ``--scale`` (default: the trained scale), the metrics
     are always computed on the full-resolution masks."""
+    from hairseg_core.deploy.inference import load_predictor  # deferred: imports torch
     from hairseg_core.evaluate import evaluate_predictor  # deferred: imports torch
-    from hairseg_core.inference import load_predictor  # deferred: imports torch
     from hairseg_core.scaling import MULTI_SCALES, parse_scale  # deferred: imports cv2
 
     threads = configure_threads(args.threads)
@@ -314,7 +314,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_tracking_server(args: argparse.Namespace) -> int:
     """MLflow's tracking server with its basic-auth login; secrets from the environment or --env-file only."""
-    from hairseg_core.tracking_server import TrackingServerError, exec_server, plan_server, server_environment
+    from hairseg_core.track.server import TrackingServerError, exec_server, plan_server, server_environment
 
     try:
         plan = plan_server(
@@ -531,11 +531,11 @@ def add_web_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from .web import ortweb
+    from hairseg_core.deploy.web import ortweb
 
     if args.web_cmd != "serve":
         return ortweb.main([args.web_cmd])
-    from .web.server import serve_forever
+    from hairseg_core.deploy.web.server import serve_forever
 
     try:
         serve_forever(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-#: Metrics every trial reports (see ``hairseg_core.train``); a search space may optimise any.
+#: Metrics every trial reports (see ``hairseg_core.train.trainer``); a search space may optimise any.
 REPORTED_METRICS = (
     "val_miou",
     "val_fwiou",
@@ -23,7 +23,7 @@ REPORTED_METRICS = (
     "val_boundary_f",
     "val_loss",
     "train_loss",
-    # measured once per trial on its network (hairseg_core.latency) and reported with every epoch
+    # measured once per trial on its network (hairseg_core.deploy.latency) and reported with every epoch
     "latency_ms",
     "latency_p90_ms",
     "params_m",
@@ -151,7 +151,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # GPU step settings; "auto" times each combination on the GPU once per configuration and sweep
-    # (hairseg_core/gpu_settings.py). On a CPU AMP is always off and "auto" means off.
+    # (hairseg_core/train/gpu_settings.py). On a CPU AMP is always off and "auto" means off.
     amp: bool | Literal["auto"] = True
     num_workers: Annotated[int, Field(ge=0)] | None = None
     channels_last: bool | Literal["auto"] = False
@@ -304,7 +304,7 @@ class Objective(_Strict):
 
 
 class SelectSpec(_Strict):
-    """Which trial of the sweep the final stage exports (``hairseg_core.pareto.select``).
+    """Which trial of the sweep the final stage exports (``hairseg_core.search.pareto.select``).
 
     ``best``: the best by the first objective (ties: by the next ones). ``fastest_within``: the lowest
     ``latency_ms`` among trials whose ``metric`` is within ``max_drop`` of the best value of it.
@@ -373,7 +373,7 @@ class ResourcesSpec(_Strict):
 
     cpu: Annotated[float, Field(gt=0)] = 1
     gpu: Annotated[float, Field(ge=0)] = 0
-    # memory of the cluster's GPUs when the driver cannot see it (hairseg_core/gpu_plan.py's memory guard)
+    # memory of the cluster's GPUs when the driver cannot see it (hairseg_core/search/gpu_plan.py's memory guard)
     gpu_memory_gib: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("gpu")

@@ -1,7 +1,7 @@
 """Score any hair-probability predictor on any dataset; metrics at each image's own resolution.
 
 A predictor is any callable ``image (uint8 HxWx3 RGB) -> hair probability (float HxW)``: an
-eager checkpoint, a TorchScript or ONNX export (all loaded by ``hairseg_core.inference.load_predictor``,
+eager checkpoint, a TorchScript or ONNX export (all loaded by ``hairseg_core.deploy.inference.load_predictor``,
 or a network in memory via ``HairPredictor.from_model``), or one of those followed by CRF / matting.
 Metrics are computed on the full-resolution mask, so a model that only looks good after a
 resize cannot hide it.
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hairseg_core.bootstrap import PerImageCounts
-from hairseg_core.metrics import SegmentationMetrics
+from hairseg_core.final.bootstrap import PerImageCounts
+from hairseg_core.train.metrics import SegmentationMetrics
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hairseg_core.final_stage import FinalStageRequest, run_final_stage  # noqa: E402
+from hairseg_core.final.selection import FinalStageRequest, run_final_stage  # noqa: E402
 from hairseg_core.threads import available_cpus  # noqa: E402
 
 

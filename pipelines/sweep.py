@@ -23,8 +23,8 @@ if str(REPO) not in sys.path:  # run from a clone without installing: python pip
     sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
-    from hairseg_core.gpu_plan import ClusterView, NodeShape
-    from hairseg_core.sweep.driver import PreparedSweep, SweepRequest
+    from hairseg_core.search.driver import PreparedSweep, SweepRequest
+    from hairseg_core.search.gpu_plan import ClusterView, NodeShape
 
 DEFAULT_SPACE = str(REPO / "search_spaces" / "default.yaml")
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> SweepRequest:
     """The command line as a ``SweepRequest`` (the driver is imported after ``--help`` could exit)."""
-    from hairseg_core.sweep.driver import SweepRequest  # imports Ray's modules; connects to nothing
+    from hairseg_core.search.driver import SweepRequest  # imports Ray's modules; connects to nothing
 
     args = build_parser().parse_args(argv)
     return SweepRequest(
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     for name in ("hairseg", "hairseg_core"):
         logging.getLogger(name).setLevel(logging.INFO)
-    from hairseg_core.gpu_plan import ClusterConfigUnreadable, node_types_from_file
-    from hairseg_core.sweep.driver import prepare_sweep, run_sweep  # deferred: torch and Ray, as in parse_args
-    from hairseg_core.sweep.gpu_preflight import check_cluster, this_machine
+    from hairseg_core.search.driver import prepare_sweep, run_sweep  # deferred: torch and Ray, as in parse_args
+    from hairseg_core.search.gpu_plan import ClusterConfigUnreadable, node_types_from_file
+    from hairseg_core.search.gpu_preflight import check_cluster, this_machine
 
     cluster_config = build_parser().parse_args(argv).cluster_config
     try:
@@ -160,7 +160,7 @@ def cluster_view(address: str, node_types: list[NodeShape] | None, cluster_confi
     """
     import ray
 
-    from hairseg_core.gpu_plan import (
+    from hairseg_core.search.gpu_plan import (
         ClusterConfigUnreadable,
         ClusterView,
         live_nodes,

@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Real-time hair colouring from a camera, a video, an image or a folder of images (paper §5.7).
 
-Each frame goes through the exported model (``hairseg_core.inference``: letterbox to the model's input
+Each frame goes through the exported model (``hairseg_core.deploy.inference``: letterbox to the model's input
 size, ImageNet normalisation, softmax hair probability mapped back to the full frame), temporal smoothing
-against flicker (``--smoothing``, ``hairseg_core.temporal``), and a soft Lab recolouring weighted by
-``strength * probability`` (``hairseg_core.coloring``), so there is no hard mask edge.
+against flicker (``--smoothing``, ``hairseg_core.deploy.temporal``), and a soft Lab recolouring weighted by
+``strength * probability`` (``hairseg_core.deploy.coloring``), so there is no hard mask edge.
 
 Examples::
 
     python pipelines/webcam.py --model exports/webcam --source 0 --color red
     python pipelines/webcam.py --model models:/hairseg@champion --source clip.mp4 --headless --output out.mp4
     python pipelines/webcam.py --model model.onnx --source photos/ --headless --output coloured/
-    python pipelines/webcam.py --model exports/webcam --web --port 8000    # in the browser (hairseg_core.web)
+    python pipelines/webcam.py --model exports/webcam --web --port 8000    # in the browser (hairseg_core.deploy.web)
 
 Window keys: ``c``/space next colour, ``+``/``-`` strength, ``q``/Esc quit. Output: ``.mp4`` (mp4v),
 ``.avi`` (MJPG), ``.mkv`` (FFV1, lossless) video; an image path for a single image; otherwise a directory
@@ -33,13 +33,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from hairseg_core.builders import UnknownNameError  # noqa: E402
 from hairseg_core.cli import add_web_arguments  # noqa: E402
-from hairseg_core.coloring import NAMED_COLORS, parse_color, recolor  # noqa: E402
-from hairseg_core.inference import HairPredictor, InferenceError, load_predictor  # noqa: E402
-from hairseg_core.registry import UnknownNameError  # noqa: E402
-from hairseg_core.temporal import DEFAULT_SMOOTHER, SMOOTHERS, Smoother, build_smoother  # noqa: E402
+from hairseg_core.deploy.coloring import NAMED_COLORS, parse_color, recolor  # noqa: E402
+from hairseg_core.deploy.inference import HairPredictor, InferenceError, load_predictor  # noqa: E402
+from hairseg_core.deploy.temporal import DEFAULT_SMOOTHER, SMOOTHERS, Smoother, build_smoother  # noqa: E402
+from hairseg_core.deploy.video_io import FrameSink, SourceError, open_source  # noqa: E402
 from hairseg_core.threads import available_cpus, configure_threads  # noqa: E402
-from hairseg_core.video_io import FrameSink, SourceError, open_source  # noqa: E402
 
 COLOR_CYCLE = ("red", "copper", "blonde", "platinum", "blue", "purple", "pink", "green")
 WINDOW = "hairseg webcam"
@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_web(args: argparse.Namespace) -> int:
     """``--web``: the page gets the colour, strength and smoothing; the rest of the options are the desktop app's."""
-    from hairseg_core.tracking import TrackingUnavailable  # deferred: MLflow only when it is used
-    from hairseg_core.web.ortweb import OrtWebError
-    from hairseg_core.web.server import PAGE_SMOOTHERS, serve_forever
+    from hairseg_core.deploy.web.ortweb import OrtWebError
+    from hairseg_core.deploy.web.server import PAGE_SMOOTHERS, serve_forever
+    from hairseg_core.track.runs import TrackingUnavailable  # deferred: MLflow only when it is used
 
     smoothing = args.smoothing or PAGE_SMOOTHERS[0]
     if args.smooth is not None:
@@ -246,7 +246,7 @@ def run_web(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hairseg_core.tracking import TrackingUnavailable  # deferred: MLflow only when it is used
+    from hairseg_core.track.runs import TrackingUnavailable  # deferred: MLflow only when it is used
 
     if args.web:
         return run_web(args)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hairseg_core.bootstrap import (
+from hairseg_core.config import FinalizeSettings
+from hairseg_core.final.bootstrap import (
     PerImageCounts,
     bootstrap_weights,
     metric_interval,
@@ -14,9 +15,8 @@ from hairseg_core.bootstrap import (
     metric_value,
     paired_bootstrap,
 )
-from hairseg_core.config import FinalizeSettings
-from hairseg_core.finalize import add_intervals, decide_paired_promotion, promotion_tags
-from hairseg_core.metrics import SegmentationMetrics, scores_from_confusion
+from hairseg_core.final.stage import add_intervals, decide_paired_promotion, promotion_tags
+from hairseg_core.train.metrics import SegmentationMetrics, scores_from_confusion
 
 
 def _cm(tp: int, fp: int, fn: int, tn: int) -> np.ndarray:

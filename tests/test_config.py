@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hairseg_core.config import ConfigError, TrainConfig, load_search_space, load_train_config
-from hairseg_core.sweep.space import BY_SEPARATOR, SpaceSampler, build_searcher, sampled_settings
+from hairseg_core.search.space import BY_SEPARATOR, SpaceSampler, build_searcher, sampled_settings
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

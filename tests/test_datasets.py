@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from hairseg_core.builders import UnknownNameError
 from hairseg_core.data import DATASETS, DataError, DataWarning, build_dataset, dataset_summary, holdout_names
 from hairseg_core.data.transforms import build_eval_transform
-from hairseg_core.registry import UnknownNameError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -18,7 +18,17 @@ from hairseg_core.artifact import (
     onnx_session,
     read_metadata,
 )
-from hairseg_core.export import (
+from hairseg_core.builders import UnknownNameError
+from hairseg_core.deploy.inference import (
+    HairPredictor,
+    InferenceError,
+    Letterbox,
+    Preprocessor,
+    load_predictor,
+    unletterbox,
+)
+from hairseg_core.deploy.latency import measure_latency
+from hairseg_core.final.export import (
     ExportError,
     ExportParityError,
     export_all,
@@ -27,17 +37,7 @@ from hairseg_core.export import (
     parity_check,
     synthetic_portrait,
 )
-from hairseg_core.inference import (
-    HairPredictor,
-    InferenceError,
-    Letterbox,
-    Preprocessor,
-    load_predictor,
-    unletterbox,
-)
-from hairseg_core.latency import measure_latency
 from hairseg_core.models import build_model
-from hairseg_core.registry import UnknownNameError
 from hairseg_core.scaling import attach_train_scale
 
 INPUT_SIZE = 257

@@ -12,13 +12,13 @@ from sweep_helpers import tiny_train_config
 
 from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.data.splits import sample_dicts
+from hairseg_core.deploy.inference import HairPredictor
 from hairseg_core.evaluate import evaluate_predictor
-from hairseg_core.finalize import champion_inference_scale, decide_promotion, finalize, load_test_split
-from hairseg_core.inference import HairPredictor
+from hairseg_core.final.stage import champion_inference_scale, decide_promotion, finalize, load_test_split
 from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS
 from hairseg_core.scaling import attach_train_scale, model_train_scale
-from hairseg_core.tracking import Tracker, resolve_model_uri
-from hairseg_core.train import Trainer
+from hairseg_core.track.runs import Tracker, resolve_model_uri
+from hairseg_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -173,7 +173,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
 
 def test_final_stage_record_continues_after_each_step(tmp_path: Path, tracker: Tracker) -> None:
     """A record in the sweep's folder: each step is recorded once; a repeat reads the record and changes nothing."""
-    from hairseg_core.final_record import FinalRecord, checkpoint_digest
+    from hairseg_core.final.record import FinalRecord, checkpoint_digest
 
     cfg = _config(tmp_path)
     settings = _settings(tmp_path)

@@ -16,8 +16,15 @@ import pytest
 import torch
 
 from hairseg_core.config import load_search_space
-from hairseg_core.cost_estimate import DataSize, actual_cost, asha_epochs, compare_lines, count_images, estimate_cost
-from hairseg_core.gpu_plan import (
+from hairseg_core.search.cost_estimate import (
+    DataSize,
+    actual_cost,
+    asha_epochs,
+    compare_lines,
+    count_images,
+    estimate_cost,
+)
+from hairseg_core.search.gpu_plan import (
     CPU_HINT,
     ClusterConfigUnreadable,
     ClusterView,
@@ -28,7 +35,7 @@ from hairseg_core.gpu_plan import (
     node_types_from_file,
     trial_shapes,
 )
-from hairseg_core.gpu_table import default_table, gpu_memory_gib
+from hairseg_core.train.gpu_table import default_table, gpu_memory_gib
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "search_spaces"

@@ -19,7 +19,7 @@ import pytest
 import torch
 from sweep_helpers import tiny_train_config
 
-from hairseg_core.gpu_settings import (
+from hairseg_core.train.gpu_settings import (
     KNOBS,
     GpuSettings,
     ProbeKey,
@@ -30,7 +30,7 @@ from hairseg_core.gpu_settings import (
     resolve_gpu_settings,
     resolve_settings,
 )
-from hairseg_core.gpu_table import GpuTable, parse_lines
+from hairseg_core.train.gpu_table import GpuTable, parse_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTO = {"amp": "auto", "channels_last": "auto", "cudnn_benchmark": "auto"}
@@ -109,7 +109,7 @@ def test_auto_on_a_cpu_is_todays_cpu_behaviour() -> None:
 
 def test_trainer_with_auto_on_a_cpu_trains_exactly_like_the_defaults(tmp_path: Path) -> None:
     """The CPU path's results are unchanged: same losses, same weights, bit for bit."""
-    from hairseg_core.train import Trainer
+    from hairseg_core.train.trainer import Trainer
 
     histories, states = [], []
     for knobs in ({}, AUTO):

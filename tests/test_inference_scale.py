@@ -18,8 +18,8 @@ from torch import nn
 
 from hairseg_core import evaluate
 from hairseg_core.artifact import ModelMetadata, load_trained_model
-from hairseg_core.export import save_checkpoint
-from hairseg_core.inference import LETTERBOX, HairPredictor, load_predictor
+from hairseg_core.deploy.inference import LETTERBOX, HairPredictor, load_predictor
+from hairseg_core.final.export import save_checkpoint
 from hairseg_core.models import build_model
 from hairseg_core.scaling import (
     MULTI_SCALES,
@@ -30,7 +30,7 @@ from hairseg_core.scaling import (
     resolve_scale,
     short_side_hw,
 )
-from hairseg_core.train import Trainer
+from hairseg_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -222,7 +222,7 @@ def test_real_model_scores_higher_at_its_trained_scale(tmp_path: Path) -> None:
     from hairseg_core.config import TrainConfig
     from hairseg_core.data import build_dataset
     from hairseg_core.data.memory import MaterializedSplit
-    from hairseg_core.train import TrialData
+    from hairseg_core.train.trainer import TrialData
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

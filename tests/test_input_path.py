@@ -26,7 +26,7 @@ from hairseg_core.data.input_path import (
 from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.data.node_cache import MappedSplit, build_or_open, stored_size
 from hairseg_core.data.splits import ConcatSplit, LazySplit, TransformedDataset, sample_dicts
-from hairseg_core.train import Trainer, TrialData, load_trial_data
+from hairseg_core.train.trainer import Trainer, TrialData, load_trial_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

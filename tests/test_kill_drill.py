@@ -172,7 +172,7 @@ def test_driver_killed_in_export_registration_and_after_promotion_registers_once
     again for the sweep registers nothing."""
     from sweep_helpers import FINALIZE
 
-    from hairseg_core.final_record import PAUSE_ENV, PAUSE_LINE
+    from hairseg_core.final.record import PAUSE_ENV, PAUSE_LINE
 
     space = ws.space(
         {

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hairseg_core.losses import (
+from hairseg_core.builders import UnknownNameError
+from hairseg_core.train.losses import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LOSSES,
@@ -20,7 +21,6 @@ from hairseg_core.losses import (
     mixed_loss,
     sobel_gradients,
 )
-from hairseg_core.registry import UnknownNameError
 
 IGNORE = 255
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hairseg_core.metrics import (
+from hairseg_core.train.metrics import (
     BoundaryFScore,
     ConfusionMatrix,
     SegmentationMetrics,

@@ -20,10 +20,10 @@ from torch import nn
 from hairseg_core.artifact import normalize_image
 from hairseg_core.config import TrainConfig
 from hairseg_core.data.fingerprint import fingerprint_config
-from hairseg_core.export import export_all, synthetic_portrait
+from hairseg_core.final.export import export_all, synthetic_portrait
 from hairseg_core.models import build_model
 from hairseg_core.scaling import attach_train_scale, model_train_scale
-from hairseg_core.tracking import (
+from hairseg_core.track.runs import (
     EXPERIMENT_KIND,
     TAG_EXPERIMENT_KIND,
     TAG_NOTE,

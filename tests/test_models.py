@@ -12,6 +12,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from hairseg_core.builders import UnknownNameError
 from hairseg_core.models import (
     BACKBONES,
     DEFAULT_ASPP_RATES,
@@ -22,7 +23,6 @@ from hairseg_core.models import (
     build_model,
     param_groups,
 )
-from hairseg_core.registry import UnknownNameError
 
 ALL_BACKBONES = ["resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large", "xception", "drn_d_54"]
 

@@ -53,7 +53,7 @@ def test_every_worker_node_gets_the_pretrained_file_from_the_driver(ws: Workspac
 
     The driver's cache holds the file; ``HAIRSEG_OFFLINE=1`` everywhere means nothing may download.
     The driver resolves the file once before Ray starts and trials install it into their node's cache
-    from the object store (``hairseg_core.sweep.weights.install_weights``).
+    from the object store (``hairseg_core.search.weights.install_weights``).
     """
     driver_cache = tmp_path / "driver-torch" / "hub" / "checkpoints"
     driver_cache.mkdir(parents=True)

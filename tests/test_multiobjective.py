@@ -4,7 +4,7 @@ The first tests are fast (no Ray): validation of ``objectives`` / ``select`` / `
 the searcher and scheduler built from them, and the latency measurement itself. The sweep tests run
 ``pipelines/sweep.py`` as a subprocess on real Ray + Optuna + ASHA + MLflow (as tests/test_sweep.py
 does) and check the front and the pick against the values MLflow holds, recomputed here without
-``hairseg_core.pareto``.
+``hairseg_core.search.pareto``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sweep_helpers import EXPERIMENT, TINY_SPACE, Workspace, _merge, sweep_runs,
 from torch import nn
 
 from hairseg_core.config import ConfigError, load_search_space, search_space_from_dict
-from hairseg_core.latency import count_macs, describe_machine, measure_model_cost, torch_threads
+from hairseg_core.deploy.latency import count_macs, describe_machine, measure_model_cost, torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 TWO = [{"metric": "val_miou", "mode": "max"}, {"metric": "latency_ms", "mode": "min"}]
@@ -102,7 +102,7 @@ def test_shipped_webcam_space_trades_accuracy_for_latency_and_paper_stays_single
 def test_searcher_and_scheduler_follow_the_objectives() -> None:
     from ray.tune.schedulers import ASHAScheduler
 
-    from hairseg_core.sweep.space import build_scheduler, build_searcher
+    from hairseg_core.search.space import build_scheduler, build_searcher
 
     raw = {**BASE, "params": {"lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
     multi = search_space_from_dict({**raw, "objectives": TWO, "scheduler": {"metric": "latency_ms"}})
@@ -172,7 +172,7 @@ def test_an_nsga2_searcher_pickles_for_the_experiment_state() -> None:
     genetic samplers hold a thread lock, which plain pickling rejects."""
     import pickle
 
-    from hairseg_core.sweep.space import build_searcher
+    from hairseg_core.search.space import build_searcher
 
     raw = {**BASE, "params": {"lr_head": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
     space = search_space_from_dict({**raw, "objectives": TWO, "searcher": {"sampler": "nsga2", "population_size": 4}})
@@ -187,8 +187,8 @@ def test_a_trial_measures_once_and_a_restored_attempt_reports_the_same(tmp_path:
     """The measurement travels in the checkpoint: a retry (maybe on another node) reports the same numbers."""
     from sweep_helpers import tiny_train_config
 
-    from hairseg_core.sweep.trial import LatencySettings, _model_cost
-    from hairseg_core.train import Trainer
+    from hairseg_core.search.trial import LatencySettings, _model_cost
+    from hairseg_core.train.trainer import Trainer
 
     cfg = tiny_train_config(tmp_path)
     settings = LatencySettings(export_size=None, threads=1, repeats=20)
@@ -209,8 +209,8 @@ def test_trials_of_one_architecture_share_a_measurement_in_their_worker(
     """With reuse_actors a worker runs many trials: one network is measured once, another one anew."""
     from sweep_helpers import tiny_train_config
 
-    from hairseg_core.sweep import trial as trial_module
-    from hairseg_core.train import Trainer
+    from hairseg_core.search import trial as trial_module
+    from hairseg_core.train.trainer import Trainer
 
     monkeypatch.setattr(trial_module, "_MEASURED", {})
     calls: list[int] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hairseg_core.overrides import parse_set
+from hairseg_core.search.overrides import parse_set
 
 
 def test_values_are_yaml_and_keys_are_kept_for_a_single_run() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sweep_helpers import EXPERIMENT, Workspace, sweep_runs, wait_until
 
-from hairseg_core.sweep import state
+from hairseg_core.search import state
 
 
 def test_generated_names_are_unique_in_the_same_second() -> None:

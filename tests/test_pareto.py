@@ -1,4 +1,4 @@
-"""The Pareto front and the deployment rules (``hairseg_core.pareto``) on hand-made points.
+"""The Pareto front and the deployment rules (``hairseg_core.search.pareto``) on hand-made points.
 
 Pure functions, no Ray: ties, duplicates, a single trial, everything dominated by one trial, three
 objectives, mixed directions, missing values; and for random clouds the two properties that define
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import matplotlib
 import pytest
 
-from hairseg_core.pareto import (
+from hairseg_core.search.pareto import (
     SelectionError,
     TrialPoint,
     dominates,
@@ -240,7 +240,7 @@ def test_figure_draws_every_pair_of_objectives(n_objectives: int) -> None:
 
 
 class RecordingTracker:
-    """Stands in for ``hairseg_core.tracking.Tracker``: records what would be logged."""
+    """Stands in for ``hairseg_core.track.runs.Tracker``: records what would be logged."""
 
     def __init__(self) -> None:
         self.tables: dict[str, list] = {}

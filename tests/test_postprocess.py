@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from hairseg_core.builders import UnknownNameError
 from hairseg_core.postprocess import (
     MATTING,
     POSTPROCESSORS,
@@ -21,7 +22,6 @@ from hairseg_core.postprocess import (
     make_trimap,
     mishima_matting,
 )
-from hairseg_core.registry import UnknownNameError
 
 HAIR_RGB = np.array([90.0, 60.0, 30.0])
 BACK_RGB = np.array([170.0, 190.0, 210.0])

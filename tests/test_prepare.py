@@ -23,7 +23,7 @@ from hairseg_core.config import load_search_space
 from hairseg_core.data import DataError, DataWarning, build_dataset
 from hairseg_core.data.celeba_split import CELEBA_LAST_TRAIN, CELEBA_LAST_VAL, plan_split
 from hairseg_core.data.prepare import check_celebamask_hq
-from hairseg_core.overrides import parse_set
+from hairseg_core.search.overrides import parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 PX = 64

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle as cloudpickle
 
-from hairseg_core.sweep.restore_state import align_searcher_with_trials
+from hairseg_core.search.restore_state import align_searcher_with_trials
 
 SCRIPT = textwrap.dedent(
     """
@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-    from hairseg_core.sweep.restore_state import align_searcher_with_trials
+    from hairseg_core.search.restore_state import align_searcher_with_trials
 
     def trainable(config):
         for step in range(2):

@@ -143,7 +143,7 @@ def test_resume_without_a_sweep_fails_clearly(ws: Workspace) -> None:
 def test_resume_refuses_a_different_search_space(ws: Workspace) -> None:
     """Restored trials would train with other fixed settings: refused before Ray starts, naming the keys."""
     from hairseg_core.config import load_search_space
-    from hairseg_core.sweep.state import load_sweep_manifest, save_sweep_manifest
+    from hairseg_core.search.state import load_sweep_manifest, save_sweep_manifest
 
     original = ws.space()
     save_sweep_manifest(str(ws.storage), "hairseg-tiny-1", "hairseg-tiny", load_search_space(original), str(original))
@@ -187,8 +187,8 @@ def test_surviving_checkpoint_is_the_newest_complete_earlier_one(tmp_path) -> No
     from sweep_helpers import tiny_train_config
 
     from hairseg_core.artifact import CHECKPOINT_FILE
-    from hairseg_core.sweep.checkpoints import surviving_checkpoint
-    from hairseg_core.train import Trainer
+    from hairseg_core.search.checkpoints import surviving_checkpoint
+    from hairseg_core.train.trainer import Trainer
 
     trainer = Trainer(tiny_train_config(tmp_path))
     trial = tmp_path / "trial_x"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from sweep_helpers import EXPERIMENT, FINALIZE, TINY_SPACE, make_workspace, sweep_runs
 
-from hairseg_core.sweep_report import SECTIONS, SweepRecord, TrialRecord, parameter_importances, render_report
+from hairseg_core.final.report import SECTIONS, SweepRecord, TrialRecord, parameter_importances, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,5 @@
-"""Flicker metrics, shake videos and temporal smoothers (``hairseg_core.temporal``), and the app's ``--smoothing``.
+"""Flicker metrics, shake videos and temporal smoothers (``hairseg_core.deploy.temporal``), and the app's
+``--smoothing``.
 
 The metrics are checked on decision sequences whose flips are counted by hand; the smoothers on a noisy
 probability sequence of a shaking scene whose ground truth is known; the app end to end on a real ONNX file
@@ -15,9 +16,8 @@ import numpy as np
 import pytest
 from webcam_helpers import DarkPixelsAreHair, load_webcam_app
 
-from hairseg_core.export import export_torchscript, write_metadata
-from hairseg_core.registry import UnknownNameError
-from hairseg_core.temporal import (
+from hairseg_core.builders import UnknownNameError
+from hairseg_core.deploy.temporal import (
     DEFAULT_SMOOTHER,
     SMOOTHERS,
     GatedEmaSmoother,
@@ -36,6 +36,7 @@ from hairseg_core.temporal import (
     true_motion,
     video_stability,
 )
+from hairseg_core.final.export import export_torchscript, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -28,7 +28,7 @@ from sweep_helpers import (
     tune_results,
 )
 
-from hairseg_core.tracking import (
+from hairseg_core.track.runs import (
     TAG_KIND,
     TAG_SWEEP,
     TAG_TRIAL,
@@ -118,8 +118,8 @@ def test_the_sweep_end_retires_runs_of_trials_tune_never_recorded(tracker: Track
     """A trial started just before the driver died, unsaved in Tune's state: its run is closed, tagged, hidden."""
     from types import SimpleNamespace
 
-    from hairseg_core.sweep.callbacks import MlflowStatusCallback
-    from hairseg_core.sweep.trial import TrackingSettings
+    from hairseg_core.search.callbacks import MlflowStatusCallback
+    from hairseg_core.search.trial import TrackingSettings
 
     parent = tracker.start_sweep("sweep-o", {"name": "t", "num_samples": 2, "params": {}})
     kept = tracker.start_trial("sweep-o", parent, "t1", "trial_t1", {})

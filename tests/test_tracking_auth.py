@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sweep_helpers import EXPERIMENT, PYTHON, REPO, Workspace, free_port, kill_tree, make_workspace, wait_until
 
-from hairseg_core.tracking import Tracker, TrackingLoginFailed, check_tracking
+from hairseg_core.track.runs import Tracker, TrackingLoginFailed, check_tracking
 
 ADMIN_PASSWORD = "admin-Pw-3f9a1c"
 SWEEPER, SWEEPER_PASSWORD = "sweeper", "sweeper-Pw-77d2e0"

@@ -13,7 +13,7 @@ from sweep_helpers import tiny_train_config
 
 from hairseg_core import cli
 from hairseg_core.artifact import CheckpointError, load_checkpoint, model_from_checkpoint
-from hairseg_core.train import Trainer, load_trial_data
+from hairseg_core.train.trainer import Trainer, load_trial_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,4 +1,4 @@
-"""The browser page (``hairseg_core.web``): the server and its files, then the page itself in Chromium.
+"""The browser page (``hairseg_core.deploy.web``): the server and its files, then the page itself in Chromium.
 
 Fast tests read what the server hands out: the cross-origin isolation headers ONNX Runtime's WASM threads
 need, the exported model and its ``model.json`` contract byte for byte, the vendored ONNX Runtime Web build
@@ -33,10 +33,10 @@ from web_helpers import ROOT, export_deeplab, launch_chromium, playwright_or_rea
 from webcam_helpers import DarkPixelsAreHair
 
 from hairseg_core.artifact import ModelMetadata, read_metadata
-from hairseg_core.export import export_onnx, write_metadata
-from hairseg_core.inference import load_predictor
-from hairseg_core.web import ortweb
-from hairseg_core.web.server import ISOLATION_HEADERS, STATIC_DIR, WebServer
+from hairseg_core.deploy.inference import load_predictor
+from hairseg_core.deploy.web import ortweb
+from hairseg_core.deploy.web.server import ISOLATION_HEADERS, STATIC_DIR, WebServer
+from hairseg_core.final.export import export_onnx, write_metadata
 
 #: The issue's bar for the camera test; a loaded machine can set it lower (HAIRSEG_WEB_MIN_FPS).
 MIN_FPS = float(os.environ.get("HAIRSEG_WEB_MIN_FPS", "5"))
@@ -314,8 +314,8 @@ def test_page_smoother_mirror_follows_motion_and_cuts_flicker() -> None:
     """The page's flow_ema (mirrored in Python for benchmarks/flicker.py): on a shaken portrait with noisy
     probabilities it flickers less than no smoothing and keeps the IoU (it follows the motion)."""
     from hairseg_core.artifact import synthetic_portrait
-    from hairseg_core.temporal import ShakeSettings, compare_smoothers, shake_video
-    from hairseg_core.web.smoothing import WebFlowEma
+    from hairseg_core.deploy.temporal import ShakeSettings, compare_smoothers, shake_video
+    from hairseg_core.deploy.web.smoothing import WebFlowEma
 
     image = synthetic_portrait(160, 160, seed=2)
     mask = image.mean(axis=2) < 70  # the portrait's dark hair

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from webcam_helpers import DarkPixelsAreHair, load_webcam_app
 
-from hairseg_core.coloring import NAMED_COLORS, parse_color, recolor
-from hairseg_core.export import export_onnx, write_metadata
-from hairseg_core.inference import load_predictor
-from hairseg_core.temporal import EmaSmoother, probability_change
+from hairseg_core.deploy.coloring import NAMED_COLORS, parse_color, recolor
+from hairseg_core.deploy.inference import load_predictor
+from hairseg_core.deploy.temporal import EmaSmoother, probability_change
+from hairseg_core.final.export import export_onnx, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 120, 160

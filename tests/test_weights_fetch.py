@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from hairseg_core.config import load_search_space
-from hairseg_core.download import hash_prefix
 from hairseg_core.models import WeightsNotFoundError, build_model
 from hairseg_core.models.fetch import (
     MIRROR_ENV,
@@ -30,6 +29,7 @@ from hairseg_core.models.fetch import (
     resolve_space_weights,
 )
 from hairseg_core.models.weights import read_state_dict
+from hairseg_core.verified_download import hash_prefix
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 V1 = "mobilenet_v2-b0353104.pth"  # the file in ../shared/weights (torchvision's IMAGENET1K_V1)

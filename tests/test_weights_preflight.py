@@ -27,9 +27,9 @@ from sweep_helpers import EXPERIMENT, Workspace, sweep_runs
 from hairseg_core.config import ConfigError, TrainConfig
 from hairseg_core.data.errors import DataError
 from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
-from hairseg_core.sweep.weights import install_weights
-from hairseg_core.tracking import TrackingUnavailable
-from hairseg_core.trial_errors import NonRetriableTrialError, is_deterministic
+from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
+from hairseg_core.search.weights import install_weights
+from hairseg_core.track.runs import TrackingUnavailable
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 needs_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="needs ../shared/weights")

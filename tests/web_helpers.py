@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from hairseg_core.artifact import normalize_image, synthetic_portrait
-from hairseg_core.export import export_onnx, write_metadata
+from hairseg_core.deploy.temporal import ShakeSettings, shake_video
+from hairseg_core.final.export import export_onnx, write_metadata
 from hairseg_core.models import build_model
-from hairseg_core.temporal import ShakeSettings, shake_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("HAIRSEG_CHROMIUM", "/usr/bin/chromium")

@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from hairseg_core.builders import Registry
 from hairseg_core.data.celeba_split import plan_split
 from hairseg_core.data.errors import DataError, DataWarning
-from hairseg_core.registry import Registry
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

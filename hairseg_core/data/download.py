@@ -1,6 +1,6 @@
 """Fetch and unpack the public hair datasets (LFW Part Labels, Figaro-1k); say how to get CelebAMask-HQ.
 
-The HTTP side is the shared :mod:`hairseg_core.download` (standard-library ``urllib`` only, so
+The HTTP side is the shared :mod:`hairseg_core.verified_download` (standard-library ``urllib`` only, so
 this works wherever Python does). The files are licensed for non-commercial research;
 downloading is an explicit user action and nothing in the library calls it implicitly.
 
@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hairseg_core import download as _http
+from hairseg_core import verified_download as _http
 from hairseg_core.data.errors import DownloadError
-from hairseg_core.download import download_file, file_digest
+from hairseg_core.verified_download import download_file, file_digest
 
 __all__ = [
     "MANUAL_DOWNLOADS",
@@ -207,7 +207,7 @@ def fetch(remote: RemoteFile, path: Path, progress: bool = True) -> Path:
     """Download ``remote`` to ``path`` (via ``path.part``) unless a verified copy is already there.
 
     Each of ``remote.urls`` is tried in turn until one gives a file that passes the digests; the HTTP work
-    (part file, resume, retries, checksum) is :func:`hairseg_core.download.download_file`. Its errors are
+    (part file, resume, retries, checksum) is :func:`hairseg_core.verified_download.download_file`. Its errors are
     re-raised as the data layer's :class:`DownloadError` (one type for callers to catch), naming every
     source tried when none worked.
     """

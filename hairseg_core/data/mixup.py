@@ -2,7 +2,7 @@
 
 ``x̃ = λ x_i + (1 − λ) x_j`` with ``λ ~ Beta(α, α)`` and ``j`` a random permutation of the batch. The
 paper mixes masks only for display; the loss is ``λ·L(ŷ, y_a) + (1 − λ)·L(ŷ, y_b)``
-(:func:`hairseg_core.losses.mixed_loss`), which keeps ignore pixels (255) meaningful and equals CE
+(:func:`hairseg_core.train.losses.mixed_loss`), which keeps ignore pixels (255) meaningful and equals CE
 against the blended soft mask.
 """
 

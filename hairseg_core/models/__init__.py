@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from .backbones import BACKBONES, PRETRAINED_SOURCES, SUPPORTED_OUTPUT_STRIDES, check_output_stride
-from .deeplabv3plus import DEFAULT_ASPP_RATES, DeepLabV3Plus
-from .fetch import ensure_imagenet_weights
-from .weights import (
+from hairseg_core.models.backbones import BACKBONES, PRETRAINED_SOURCES, SUPPORTED_OUTPUT_STRIDES, check_output_stride
+from hairseg_core.models.deeplabv3plus import DEFAULT_ASPP_RATES, DeepLabV3Plus
+from hairseg_core.models.fetch import ensure_imagenet_weights
+from hairseg_core.models.weights import (
     LoadReport,
     PretrainedSource,
     WeightsMismatchError,

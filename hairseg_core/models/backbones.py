@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..registry import Registry
-from .drn import drn_d_54
-from .weights import PretrainedSource
+from hairseg_core.builders import Registry
+from hairseg_core.models.drn import drn_d_54
+from hairseg_core.models.weights import PretrainedSource
 
 SUPPORTED_OUTPUT_STRIDES = (8, 16)
 

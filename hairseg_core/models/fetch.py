@@ -32,10 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hairseg_core.download import DownloadError, DownloadNotFoundError, RetryPolicy, download_file, hash_prefix
-
-from .backbones import PRETRAINED_SOURCES
-from .weights import (
+from hairseg_core.models.backbones import PRETRAINED_SOURCES
+from hairseg_core.models.weights import (
     WEIGHTS_DIR_ENV,
     PretrainedSource,
     WeightsNotFoundError,
@@ -43,6 +41,7 @@ from .weights import (
     read_state_dict,
     search_dirs,
 )
+from hairseg_core.verified_download import DownloadError, DownloadNotFoundError, RetryPolicy, download_file, hash_prefix
 
 if TYPE_CHECKING:
     from hairseg_core.config import SearchSpace

@@ -4,10 +4,10 @@
 ``build_postprocessor(name, **params)`` returns a callable ``(image, probs) -> HxW float32``.
 """
 
-from .crf import DenseCRF, check_probs, check_rgb_image
-from .matting import MATTING, closed_form_matting, mishima_matting
-from .pipeline import POSTPROCESSORS, PostProcessor, build_postprocessor
-from .trimap import BACKGROUND, FOREGROUND, UNKNOWN, check_trimap, make_trimap
+from hairseg_core.postprocess.crf import DenseCRF, check_probs, check_rgb_image
+from hairseg_core.postprocess.matting import MATTING, closed_form_matting, mishima_matting
+from hairseg_core.postprocess.pipeline import POSTPROCESSORS, PostProcessor, build_postprocessor
+from hairseg_core.postprocess.trimap import BACKGROUND, FOREGROUND, UNKNOWN, check_trimap, make_trimap
 
 __all__ = [
     "BACKGROUND",

@@ -30,10 +30,9 @@ import cv2
 import numpy as np
 import pymatting
 
-from hairseg_core.registry import Registry
-
-from .crf import check_rgb_image
-from .trimap import BACKGROUND, FOREGROUND, check_trimap
+from hairseg_core.builders import Registry
+from hairseg_core.postprocess.crf import check_rgb_image
+from hairseg_core.postprocess.trimap import BACKGROUND, FOREGROUND, check_trimap
 
 MattingFn = Callable[..., np.ndarray]
 

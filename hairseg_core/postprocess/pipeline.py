@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from hairseg_core.registry import Registry
-
-from .crf import DenseCRF, check_probs, check_rgb_image
-from .matting import MATTING
-from .trimap import UNKNOWN, make_trimap
+from hairseg_core.builders import Registry
+from hairseg_core.postprocess.crf import DenseCRF, check_probs, check_rgb_image
+from hairseg_core.postprocess.matting import MATTING
+from hairseg_core.postprocess.trimap import UNKNOWN, make_trimap
 
 
 @dataclass(frozen=True)

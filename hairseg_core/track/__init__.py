@@ -1,0 +1,1 @@
+"""Tracking: the only MLflow glue — runs, the model registry, the UI view, the login server."""

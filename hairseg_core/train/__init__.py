@@ -1,0 +1,1 @@
+"""Training one model: the trainer, its losses and metrics, and the GPU settings it runs with."""
