@@ -158,7 +158,8 @@ def test_experiment_address_opens_the_model_training_view(finished_sweep, browse
     MLflow 3.17's UI takes the layout from a workflow switch it keeps per browser (GenAI on a first
     visit) or from ``workflowType`` in the address, not from the experiment's ``mlflow.experimentKind``
     tag, so a bare ``#/experiments/<id>`` opens the GenAI overview whatever the store says; the
-    addresses the sweep prints all carry ``workflowType=machine_learning`` (README, "Comparing a sweep").
+    addresses the sweep prints all carry ``workflowType=machine_learning`` (docs/tracking.md, "Comparing a
+    sweep in the MLflow UI").
     """
     server, _, _ = finished_sweep
     trials = _trials(finished_sweep)
