@@ -323,7 +323,7 @@ def _explain_unfinished(results: Any, progress: Any, num_samples: int) -> None:
     """Why Tune returned before every trial ended: a stop signal, or trials lost from its saved state."""
     if len(results) < num_samples and progress.ended == len(results):
         # No trial was left running, so no stop signal ended this: Tune's restored state had fewer
-        # trials than its searcher had counted (see sweep/restore_state.py); resuming creates the rest.
+        # trials than its searcher had counted (see search/restore_state.py); resuming creates the rest.
         print(
             f"\nTune ended with {len(results)} of {num_samples} trials created, all ended; "
             "the others were lost from its saved state and are created by resuming.",
