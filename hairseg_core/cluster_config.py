@@ -6,7 +6,8 @@ files on a laptop or in CI without contacting any cloud:
 
 * ``ray up`` configs (``cluster.yaml``, ``cluster/gcp.yaml``) go through Ray's own preparation and schema
   validation (``ray.autoscaler._private.util.prepare_config`` / ``validate_config``, the first steps of
-  `ray up` before it touches a cloud API), then through checks Ray does not make: node counts, GPU
+  `ray up` before it touches a cloud API; private names: Ray 2.60 has no public offline validator, see
+  docs/private-names.md), then through checks Ray does not make: node counts, GPU
   resources on trial workers, the dashboard binding, token authentication, the image's Ray version,
   region/project consistency and secrets.
 * The KubeRay ``RayJob`` manifest is not an autoscaler config, so it is checked structurally here.
@@ -277,7 +278,9 @@ def _ray_validation(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list
     """Run `ray up`'s offline steps: ``prepare_config`` (fills provider defaults from the YAML files
     inside the Ray package; no provider SDK or network is touched), the JSON schema (every violation,
     with its path) and ``validate_config``. The provider bootstrap that follows in `ray up` (cloud API
-    calls) is deliberately not run."""
+    calls) is deliberately not run. Both functions are private: the public ``ray.autoscaler.sdk`` has only
+    ``fillout_defaults`` (one of ``prepare_config``'s steps) and ``bootstrap_config`` (which calls the cloud);
+    docs/private-names.md says what breaks if Ray moves them."""
     import jsonschema  # deferred: jsonschema only to check `ray up` configs
     from ray.autoscaler._private.util import prepare_config, validate_config  # deferred: Ray only for `ray up` configs
 

@@ -277,53 +277,62 @@ class _Person:
     skin: np.ndarray
 
 
-def _draw_person(rng: np.random.Generator, canvas: _Canvas, person: _Person) -> None:
-    """Back hair → torso → neck → ears → head → face → cap/fringe → front locks → flyaways."""
-    size, p = canvas.size, person
-    cx, cy, a, b = p.cx, p.cy, p.a, p.b
-    style = p.style
-    curly = style == "curly"
-    crown = np.array([cx + rng.uniform(-0.3, 0.3) * a, cy - 0.85 * b])
-    down_pull = {"long": 1.6, "bob": 1.0, "curly": 0.6, "short": 0.25, "bun": 0.4}.get(style, 0.5)
+class _Hair:
+    """One person's hair texture, flow field and everything painted as hair so far.
 
-    def flow(pos: np.ndarray) -> np.ndarray:
-        d = pos - crown
+    Every hair layer goes through :meth:`paint`, which also records its coverage: strands
+    are drawn last, and only where this hair is still visible after the head, face and
+    other layers covered parts of it.
+    """
+
+    def __init__(self, rng: np.random.Generator, canvas: _Canvas, person: _Person) -> None:
+        self.canvas = canvas
+        self.person = person
+        self.crown = np.array([person.cx + rng.uniform(-0.3, 0.3) * person.a, person.cy - 0.85 * person.b])
+        self.down_pull = {"long": 1.6, "bob": 1.0, "curly": 0.6, "short": 0.25, "bun": 0.4}.get(person.style, 0.5)
+        curly = person.style == "curly"
+        self.texture = None if person.style == "bald" else _streak_texture(rng, canvas.size, person.hair, curly)
+        self.cover = np.zeros((canvas.size, canvas.size), np.uint8)
+
+    def flow(self, pos: np.ndarray) -> np.ndarray:
+        """Strand direction at ``pos``: away from the crown, pulled down more the lower (and longer) the hair."""
+        d = pos - self.crown
         d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-6
-        w = np.clip((pos[:, 1] - cy) / b + 0.3, 0.0, 3.0) * down_pull
+        w = np.clip((pos[:, 1] - self.person.cy) / self.person.b + 0.3, 0.0, 3.0) * self.down_pull
         d[:, 1] += w
         return d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-6)
 
-    tex = None if style == "bald" else _streak_texture(rng, size, p.hair, curly)
-    hair_cover = np.zeros((size, size), np.uint8)
+    def paint(self, cover: np.ndarray) -> None:
+        self.canvas.paint(cover, self.texture, hair=True)
+        cv2.bitwise_or(self.cover, cover, dst=self.cover)
 
-    def paint_hair(cover: np.ndarray) -> None:
-        canvas.paint(cover, tex, hair=True)
-        cv2.bitwise_or(hair_cover, cover, dst=hair_cover)
 
-    # back hair
-    y_top = cy - b * rng.uniform(1.04, 1.2)
-    if style in ("long", "bob"):
-        y_end = cy + b * (rng.uniform(1.3, 2.8) if style == "long" else rng.uniform(0.5, 0.95))
-        w_bot = a * (rng.uniform(1.3, 1.9) if style == "long" else rng.uniform(1.2, 1.45))
-        top = _blob(
-            rng,
-            (cx, cy - 0.05 * b),
-            (a * rng.uniform(1.15, 1.3), cy - 0.05 * b - y_top),
-            0,
-            0.04,
-            36,
-            (math.pi, 2 * math.pi),
-        )
-        ys = np.linspace(cy, y_end, 10)
-        wave = rng.uniform(0.02, 0.08) * a * np.sin(np.linspace(0, rng.uniform(2, 6), 10) + rng.uniform(0, 6))
-        right = np.stack([np.linspace(top[-1, 0], cx + w_bot, 10) + wave, ys], axis=1)
-        left = np.stack([np.linspace(cx - w_bot, top[0, 0], 10) - wave[::-1], ys[::-1]], axis=1)
-        n_tips = int(rng.integers(5, 12))
-        tip_x = np.linspace(cx + w_bot, cx - w_bot, 2 * n_tips + 1)
-        tip_y = y_end - np.where(np.arange(2 * n_tips + 1) % 2 == 1, rng.uniform(0.0, 0.15, 2 * n_tips + 1) * b, 0)
-        outline = np.concatenate([top, right, np.stack([tip_x, tip_y], axis=1), left])
-        paint_hair(canvas.cover(_poly(outline)))
-    elif style == "curly":
+def _draw_person(rng: np.random.Generator, canvas: _Canvas, person: _Person) -> None:
+    """Back hair → torso → neck → ears → head → face → cap/fringe → front locks → flyaways.
+
+    The order is the depth order (later layers cover earlier ones in image and label alike)
+    and also the order of random draws: changing it changes every generated set.
+    """
+    hair = _Hair(rng, canvas, person)
+    _draw_back_hair(rng, hair)
+    shoulder_c, shoulder_r = _draw_torso(rng, canvas, person)
+    _draw_head(rng, canvas, person, shoulder_c, shoulder_r)
+    if person.style == "bald":
+        return
+    _draw_hair_cap(rng, hair)
+    if person.style == "long" and rng.random() < 0.6:
+        _draw_front_locks(rng, hair)
+    _draw_strands(rng, hair)
+
+
+def _draw_back_hair(rng: np.random.Generator, hair: _Hair) -> None:
+    """Hair behind head and shoulders (long/bob sheet, curly halo, bun), painted first so the head covers it."""
+    p, canvas = hair.person, hair.canvas
+    cx, cy, a, b = p.cx, p.cy, p.a, p.b
+    y_top = cy - b * rng.uniform(1.04, 1.2)  # drawn for every style: keeps the random stream the same
+    if p.style in ("long", "bob"):
+        hair.paint(canvas.cover(_poly(_back_sheet_outline(rng, p, y_top))))
+    elif p.style == "curly":
         span = rng.uniform(0.3, 1.0)
         radii = (a * rng.uniform(1.15, 1.5), b * rng.uniform(1.05, 1.25))
         t = np.linspace(math.pi - span * 0.6, 2 * math.pi + span * 0.6, int(rng.integers(14, 24)))
@@ -335,13 +344,42 @@ def _draw_person(rng: np.random.Generator, canvas: _Canvas, person: _Person) -> 
             for (x, y), r in zip(centres, blobs, strict=True):
                 cv2.circle(m, _ipt((x, y)), max(1, int(r)), 1, -1)
 
-        paint_hair(canvas.cover(draw_curls))
-    elif style == "bun":
+        hair.paint(canvas.cover(draw_curls))
+    elif p.style == "bun":
         bun_c = (cx + rng.uniform(-0.35, 0.35) * a, cy - b * rng.uniform(1.0, 1.2))
         bun_r = a * rng.uniform(0.35, 0.6)
-        paint_hair(canvas.cover(_poly(_blob(rng, bun_c, (bun_r, bun_r * 0.9), 0, 0.08, 40))))
+        hair.paint(canvas.cover(_poly(_blob(rng, bun_c, (bun_r, bun_r * 0.9), 0, 0.08, 40))))
 
-    # torso and clothes
+
+def _back_sheet_outline(rng: np.random.Generator, p: _Person, y_top: float) -> np.ndarray:
+    """Outline of long or bob hair behind the head: rounded top, wavy sides, a ragged row of tips."""
+    cx, cy, a, b = p.cx, p.cy, p.a, p.b
+    y_end = cy + b * (rng.uniform(1.3, 2.8) if p.style == "long" else rng.uniform(0.5, 0.95))
+    w_bot = a * (rng.uniform(1.3, 1.9) if p.style == "long" else rng.uniform(1.2, 1.45))
+    top = _blob(
+        rng,
+        (cx, cy - 0.05 * b),
+        (a * rng.uniform(1.15, 1.3), cy - 0.05 * b - y_top),
+        0,
+        0.04,
+        36,
+        (math.pi, 2 * math.pi),
+    )
+    ys = np.linspace(cy, y_end, 10)
+    wave = rng.uniform(0.02, 0.08) * a * np.sin(np.linspace(0, rng.uniform(2, 6), 10) + rng.uniform(0, 6))
+    right = np.stack([np.linspace(top[-1, 0], cx + w_bot, 10) + wave, ys], axis=1)
+    left = np.stack([np.linspace(cx - w_bot, top[0, 0], 10) - wave[::-1], ys[::-1]], axis=1)
+    n_tips = int(rng.integers(5, 12))
+    tip_x = np.linspace(cx + w_bot, cx - w_bot, 2 * n_tips + 1)
+    tip_y = y_end - np.where(np.arange(2 * n_tips + 1) % 2 == 1, rng.uniform(0.0, 0.15, 2 * n_tips + 1) * b, 0)
+    return np.concatenate([top, right, np.stack([tip_x, tip_y], axis=1), left])
+
+
+def _draw_torso(
+    rng: np.random.Generator, canvas: _Canvas, p: _Person
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shoulders and clothes; returns the shoulder ellipse (centre, radii) that the neck reaches down to."""
+    size, cx, cy, a, b = canvas.size, p.cx, p.cy, p.a, p.b
     shoulder_c = (cx + rng.uniform(-0.2, 0.2) * a, cy + b * rng.uniform(1.85, 2.3))
     shoulder_r = (a * rng.uniform(2.0, 2.9), b * rng.uniform(0.8, 1.1))
 
@@ -356,21 +394,35 @@ def _draw_person(rng: np.random.Generator, canvas: _Canvas, person: _Person) -> 
         )
 
     torso = canvas.cover(draw_torso)
+    canvas.paint(torso, _cloth_fill(rng, size), hair=False)
+    return shoulder_c, shoulder_r
+
+
+def _cloth_fill(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Clothes: often hair-coloured, sometimes fur/knit with hair texture or stripes (hard negatives)."""
     cloth = _hair_colour(rng) if rng.random() < 0.45 else rng.uniform(0, 255, 3).astype(np.float32)
     cloth_kind = rng.random()
     if cloth_kind < 0.18:  # fur / knit: hair-like texture that is not hair
-        cloth_fill = _streak_texture(rng, size, cloth, curly=rng.random() < 0.5, contrast=0.4)
-    else:
-        cloth_fill = np.empty((size, size, 3), np.uint8)
-        cloth_fill[...] = _scaled(cloth, 1.0)
-        if cloth_kind < 0.4:  # stripes
-            gap = max(3, int(size * rng.uniform(0.02, 0.06)))
-            stripe = _scaled(_jitter(rng, rng.uniform(0, 255, 3), 0), 1.0)
-            for y in range(0, size, gap * 2):
-                cv2.rectangle(cloth_fill, (0, y), (size, y + gap - 1), stripe, -1)
-    canvas.paint(torso, cloth_fill, hair=False)
+        return _streak_texture(rng, size, cloth, curly=rng.random() < 0.5, contrast=0.4)
+    cloth_fill = np.empty((size, size, 3), np.uint8)
+    cloth_fill[...] = _scaled(cloth, 1.0)
+    if cloth_kind < 0.4:  # stripes
+        gap = max(3, int(size * rng.uniform(0.02, 0.06)))
+        stripe = _scaled(_jitter(rng, rng.uniform(0, 255, 3), 0), 1.0)
+        for y in range(0, size, gap * 2):
+            cv2.rectangle(cloth_fill, (0, y), (size, y + gap - 1), stripe, -1)
+    return cloth_fill
 
-    # neck, ears, head with soft shading
+
+def _draw_head(
+    rng: np.random.Generator,
+    canvas: _Canvas,
+    p: _Person,
+    shoulder_c: tuple[float, float],
+    shoulder_r: tuple[float, float],
+) -> None:
+    """Neck (and shirt neckline), ears, head with soft shading, then the face."""
+    size, cx, cy, a, b = canvas.size, p.cx, p.cy, p.a, p.b
     skin_fill = _smooth_field(
         size, lambda x, y: p.skin * (1.0 - 0.22 * np.clip(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2, 0, 1.3))[..., None]
     )
@@ -404,69 +456,82 @@ def _draw_person(rng: np.random.Generator, canvas: _Canvas, person: _Person) -> 
     canvas.paint(canvas.cover(_poly(head)), skin_fill, hair=False)
     _draw_face(rng, canvas, p)
 
-    # cap of hair on the head, with hairline (or fringe)
-    if style != "bald":
-        fringe = rng.random() < (0.45 if style in ("long", "bob") else 0.2)
-        h_mid = rng.uniform(0.08, 0.25) if fringe else rng.uniform(0.3, 0.62)
-        drop = {"short": rng.uniform(-0.1, 0.15), "bun": rng.uniform(0.0, 0.3)}.get(style, rng.uniform(0.25, 0.7))
-        volume = 0.14 if curly else 0.08
-        outer = _blob(
-            rng,
-            (cx, cy - b * rng.uniform(0.04, 0.14)),
-            (a * rng.uniform(1.07, 1.15 + volume), b * rng.uniform(1.02, 1.09 + volume)),
-            p.tilt,
-            0.09 if curly else 0.03,
-            72,
+
+def _draw_hair_cap(rng: np.random.Generator, hair: _Hair) -> None:
+    """Hair over the head: an outer outline minus a face window (hairline or fringe), cut off below the ears."""
+    p, canvas = hair.person, hair.canvas
+    size, cx, cy, a, b = canvas.size, p.cx, p.cy, p.a, p.b
+    curly = p.style == "curly"
+    fringe = rng.random() < (0.45 if p.style in ("long", "bob") else 0.2)
+    h_mid = rng.uniform(0.08, 0.25) if fringe else rng.uniform(0.3, 0.62)
+    # All three draws happen whatever the style (the dict is built first): keeps the random stream the same.
+    drop = {"short": rng.uniform(-0.1, 0.15), "bun": rng.uniform(0.0, 0.3)}.get(p.style, rng.uniform(0.25, 0.7))
+    volume = 0.14 if curly else 0.08
+    outer = _blob(
+        rng,
+        (cx, cy - b * rng.uniform(0.04, 0.14)),
+        (a * rng.uniform(1.07, 1.15 + volume), b * rng.uniform(1.02, 1.09 + volume)),
+        p.tilt,
+        0.09 if curly else 0.03,
+        72,
+    )
+    window = _blob(
+        rng,
+        (cx, cy + 0.28 * b),
+        (a * rng.uniform(0.8, 0.92), b * (0.28 + h_mid)),
+        p.tilt,
+        0.06 if fringe else 0.025,
+        48,
+    )
+    y_cut = int(cy + drop * b)
+
+    def draw_cap(m: np.ndarray) -> None:
+        cv2.fillPoly(m, [_to_fixed(outer)], 1, cv2.LINE_8, 4)
+        cv2.fillPoly(m, [_to_fixed(window)], 0, cv2.LINE_8, 4)
+        m[max(0, min(size, y_cut)) :] = 0
+
+    hair.paint(canvas.cover(draw_cap))
+
+
+def _draw_front_locks(rng: np.random.Generator, hair: _Hair) -> None:
+    """Long hair: locks falling in front of the shoulders (each side three times in four)."""
+    p, canvas = hair.person, hair.canvas
+    cx, cy, a, b = p.cx, p.cy, p.a, p.b
+    y_end = cy + b * rng.uniform(1.2, 2.4)
+    for side in (-1, 1):
+        if rng.random() < 0.25:
+            continue
+        x_in = cx + side * a * rng.uniform(0.75, 0.9)
+        x_out = cx + side * a * rng.uniform(1.1, 1.35)
+        lock = np.array(
+            [
+                (x_in, cy - 0.3 * b),
+                (x_out, cy - 0.4 * b),
+                (x_out + side * a * rng.uniform(0.0, 0.35), y_end),
+                (x_in + side * a * rng.uniform(0.1, 0.4), y_end + rng.uniform(-0.1, 0.1) * b),
+            ]
         )
-        window = _blob(
-            rng,
-            (cx, cy + 0.28 * b),
-            (a * rng.uniform(0.8, 0.92), b * (0.28 + h_mid)),
-            p.tilt,
-            0.06 if fringe else 0.025,
-            48,
-        )
-        y_cut = int(cy + drop * b)
+        hair.paint(canvas.cover(_poly(lock)))
 
-        def draw_cap(m: np.ndarray) -> None:
-            cv2.fillPoly(m, [_to_fixed(outer)], 1, cv2.LINE_8, 4)
-            cv2.fillPoly(m, [_to_fixed(window)], 0, cv2.LINE_8, 4)
-            m[max(0, min(size, y_cut)) :] = 0
 
-        paint_hair(canvas.cover(draw_cap))
-
-        if style == "long" and rng.random() < 0.6:  # locks falling in front of the shoulders
-            y_end = cy + b * rng.uniform(1.2, 2.4)
-            for side in (-1, 1):
-                if rng.random() < 0.25:
-                    continue
-                x_in = cx + side * a * rng.uniform(0.75, 0.9)
-                x_out = cx + side * a * rng.uniform(1.1, 1.35)
-                lock = np.array(
-                    [
-                        (x_in, cy - 0.3 * b),
-                        (x_out, cy - 0.4 * b),
-                        (x_out + side * a * rng.uniform(0.0, 0.35), y_end),
-                        (x_in + side * a * rng.uniform(0.1, 0.4), y_end + rng.uniform(-0.1, 0.1) * b),
-                    ]
-                )
-                paint_hair(canvas.cover(_poly(lock)))
-
-        # strands and flyaways: drawn inside the hair, some crossing its edge (those are hair too)
-        visible = cv2.bitwise_and(hair_cover, canvas.label)
-        area = cv2.countNonZero(visible)
-        lines = _strands(rng, visible, area // 28, b * (0.35 if curly else 0.6), flow, 0.55 if curly else 0.06)
-        shades = (0.55, 0.75, 1.3, 1.6)
-        strand_layer = tex.copy()
-        for i, f in enumerate(shades):
-            _draw_polylines(strand_layer, lines[i :: len(shades)], _scaled(p.hair, f), 1, True)
-        cv2.copyTo(strand_layer, visible, canvas.image)
-        edge = cv2.subtract(visible, cv2.erode(visible, np.ones((3, 3), np.uint8)))
-        fly = _strands(rng, edge, int(rng.integers(4, 22)), b * 0.25, flow, 0.25, steps=5)
-        thick = max(1, size // 300)
-        for i, f in enumerate((0.8, 1.25)):
-            fly_cover = canvas.cover(lambda m, ln=fly[i::2]: _draw_polylines(m, ln, 1, thick, False))
-            canvas.paint(fly_cover, _scaled(p.hair, f), hair=True)
+def _draw_strands(rng: np.random.Generator, hair: _Hair) -> None:
+    """Strands inside the visible hair, and flyaways from its edge (crossing it; those are hair too)."""
+    p, canvas = hair.person, hair.canvas
+    curly = p.style == "curly"
+    visible = cv2.bitwise_and(hair.cover, canvas.label)
+    area = cv2.countNonZero(visible)
+    lines = _strands(rng, visible, area // 28, p.b * (0.35 if curly else 0.6), hair.flow, 0.55 if curly else 0.06)
+    shades = (0.55, 0.75, 1.3, 1.6)
+    strand_layer = hair.texture.copy()
+    for i, f in enumerate(shades):
+        _draw_polylines(strand_layer, lines[i :: len(shades)], _scaled(p.hair, f), 1, True)
+    cv2.copyTo(strand_layer, visible, canvas.image)
+    edge = cv2.subtract(visible, cv2.erode(visible, np.ones((3, 3), np.uint8)))
+    fly = _strands(rng, edge, int(rng.integers(4, 22)), p.b * 0.25, hair.flow, 0.25, steps=5)
+    thick = max(1, canvas.size // 300)
+    for i, f in enumerate((0.8, 1.25)):
+        fly_cover = canvas.cover(lambda m, ln=fly[i::2]: _draw_polylines(m, ln, 1, thick, False))
+        canvas.paint(fly_cover, _scaled(p.hair, f), hair=True)
 
 
 def _draw_face(rng: np.random.Generator, canvas: _Canvas, p: _Person) -> None:

@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -608,77 +608,86 @@ def _comparison_table(
     return f"<h3>{html.escape(title)}</h3>{verdict}{html_table(rows)}<p class='note'>{html.escape(extra_note)}</p>"
 
 
-def _paper_section(record: SweepRecord) -> str:
-    ts = record.train_settings
+def _setting(record: SweepRecord, name: str) -> Any:
+    """A sweep-wide setting: fixed in the space, else the train settings, else ``?``."""
     fixed = record.space.get("fixed") or {}
+    return fixed.get(name, record.train_settings.get(name, "?"))
 
-    def setting(name: str) -> Any:
-        return fixed.get(name, ts.get(name, "?"))
+
+def _by_method(record: SweepRecord) -> dict[Any, Mapping[str, Any]]:
+    """The final stage's Table 5 rows by variant (``method``); a repeated variant keeps its last row."""
+    return {r.get("method"): r for r in record.table5}
+
+
+def _paper_section(record: SweepRecord) -> str:
+    """The paper's Tables 1–6 beside this sweep's matching numbers, after saying how the conditions differ."""
+    parts = [_conditions_note(record)]
+    parts.extend(_factor_tables(record))
+    parts.append(_table5_vs_paper(record))
+    parts.append(_table6_vs_paper(record))
+    return "".join(parts)
+
+
+def _conditions_note(record: SweepRecord) -> str:
+    """Why the paper's absolute numbers are not this sweep's: data set, resolution, budget and search differ."""
+
+    def setting(name: str) -> str:
+        return html.escape(str(_setting(record, name)))
 
     searched = sorted((record.space.get("params") or {}).keys())
-    differences = (
+    return (
         f"<p><b>Conditions differ.</b> Paper: {html.escape(paper.PAPER_CONDITIONS)}. This sweep: dataset "
-        f"<code>{html.escape(str(setting('dataset')))}</code>, crop {html.escape(str(setting('crop_size')))} / base "
-        f"{html.escape(str(setting('base_size')))} px, backbone {html.escape(str(setting('backbone')))} "
-        f"(pretrained: {html.escape(str(setting('pretrained')))}), up to {record.max_epochs} epochs of at most "
-        f"{html.escape(str(setting('max_steps_per_epoch')))} steps at batch {html.escape(str(setting('batch_size')))}, "
+        f"<code>{setting('dataset')}</code>, crop {setting('crop_size')} / base "
+        f"{setting('base_size')} px, backbone {setting('backbone')} "
+        f"(pretrained: {setting('pretrained')}), up to {record.max_epochs} epochs of at most "
+        f"{setting('max_steps_per_epoch')} steps at batch {setting('batch_size')}, "
         f"{len(record.trials)} trials with ASHA (searched: {html.escape(', '.join(searched) or 'nothing')}). "
         "The paper reports the best validation mIoU of one full run per setting; the sweep's figure is the best "
         "validation mIoU among its trials with that setting, and ASHA-stopped trials trained fewer epochs. Absolute "
         "values are therefore not comparable unless data set, resolution and budget match; the direction of an effect "
         "is what can be compared.</p>"
     )
-    parts = [differences]
-    parts.append(
+
+
+def _factor_tables(record: SweepRecord) -> list[str]:
+    """Tables 1–4 (backbone, augmentation, mixup, loss): the paper's val mIoU per setting beside the sweep's best."""
+
+    def of(trial: TrialRecord, name: str) -> Any:
+        return _trial_setting(record, trial, name)
+
+    return [
         _comparison_table(
             "Table 1: backbones (paper: val, 20 epochs, frozen backbone)",
             paper.TABLE1_BACKBONES,
-            _grouped(
-                record,
-                lambda t: paper.BACKBONE_TO_PAPER.get(str(_trial_setting(record, t, "backbone")), None),
-            ),
+            _grouped(record, lambda t: paper.BACKBONE_TO_PAPER.get(str(of(t, "backbone")), None)),
             "backbone",
-        )
-    )
-    parts.append(
+        ),
         _comparison_table(
             "Table 2: random scale crop (RSC) and Gaussian blur (GB)",
             paper.TABLE2_AUGMENTATION,
-            _grouped(
-                record,
-                lambda t: paper.augmentation_label(_trial_setting(record, t, "rsc"), _trial_setting(record, t, "blur")),
-            ),
+            _grouped(record, lambda t: paper.augmentation_label(of(t, "rsc"), of(t, "blur"))),
             "augmentation",
-        )
-    )
-    parts.append(
+        ),
         _comparison_table(
             "Table 3: mixup α",
             paper.TABLE3_MIXUP,
-            _grouped(
-                record,
-                lambda t: paper.mixup_label(
-                    _trial_setting(record, t, "mixup"), _trial_setting(record, t, "mixup_alpha")
-                ),
-            ),
+            _grouped(record, lambda t: paper.mixup_label(of(t, "mixup"), of(t, "mixup_alpha"))),
             "mixup",
             "The paper also reports that mixup lowers the validation loss (0.03064 → 0.02792 / 0.02855).",
-        )
-    )
-    parts.append(
+        ),
         _comparison_table(
             "Table 4: loss function",
             paper.TABLE4_LOSS,
-            _grouped(
-                record,
-                lambda t: paper.loss_label(_trial_setting(record, t, "loss"), _trial_setting(record, t, "gc_weight")),
-            ),
+            _grouped(record, lambda t: paper.loss_label(of(t, "loss"), of(t, "gc_weight"))),
             "loss",
-        )
-    )
-    # Table 5: same metric (test mIoU, Acc), same variants: the one table measured the paper's way
+        ),
+    ]
+
+
+def _table5_vs_paper(record: SweepRecord) -> str:
+    """Table 5: same metric (test mIoU, Acc), same variants: the one table measured the paper's way."""
     rows = []
-    by_method = {r.get("method"): r for r in record.table5}
+    by_method = _by_method(record)
     for variant, column in paper.VARIANT_TO_PAPER.items():
         ours = by_method.get(variant)
         interval = ""
@@ -695,14 +704,17 @@ def _paper_section(record: SweepRecord) -> str:
             }
         )
     images = f"{record.test_images} test images" if record.test_images else "the sweep's test images"
-    parts.append(
+    return (
         "<h3>Table 5: CRF and matting (test set)</h3>"
         f"<p>Both are test-set figures of one model, post-processed four ways; the sweep's are on {images} of "
-        f"<code>{html.escape(str(setting('dataset')))}</code>, the paper's on 927 LFW test images.</p>"
+        f"<code>{html.escape(str(_setting(record, 'dataset')))}</code>, the paper's on 927 LFW test images.</p>"
         + html_table(rows)
     )
-    # Table 6: data sets. The sweep's data set is another one; its baseline test row is shown beside.
-    base = by_method.get("baseline")
+
+
+def _table6_vs_paper(record: SweepRecord) -> str:
+    """Table 6: data sets. The sweep's data set is another one; its baseline test row is shown beside."""
+    base = _by_method(record).get("baseline")
     rows6 = []
     for dataset, splits in paper.TABLE6_DATASETS.items():
         rows6.append(
@@ -711,15 +723,14 @@ def _paper_section(record: SweepRecord) -> str:
     if base:
         rows6.append(
             {
-                "data set": f"{setting('dataset')} (this sweep)",
+                "data set": f"{_setting(record, 'dataset')} (this sweep)",
                 **{k: _pct(base.get(k)) for k in ("acc", "acc_class", "fwiou", "miou")},
             }
         )
-    parts.append(
+    return (
         "<h3>Table 6: data sets (test split)</h3><p>The sweep trained on a different data set from all three of the "
         "paper's, so this row is context, not a reproduction.</p>" + html_table(rows6)
     )
-    return "".join(parts)
 
 
 def _objective_names(record: SweepRecord) -> list[str]:
@@ -814,75 +825,112 @@ pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:0.8em}img{max-widt
 """
 
 
-def render_report(record: SweepRecord) -> str:
-    """The whole report as one HTML string (no external resource of any kind)."""
-    body: dict[str, str] = {}
-    body["space"] = (
+def _space_section(record: SweepRecord) -> str:
+    """Metric, trial count, scheduler and the space file as the sweep ran it."""
+    return (
         f"<p>Metric <b>{html.escape(record.metric)}</b> ({html.escape(record.mode)}), "
         f"{html.escape(str(record.space.get('num_samples')))} trials, scheduler "
         f"{html.escape(json.dumps(record.space.get('scheduler', {})))}.</p>"
         f"<pre>{html.escape(record.space_yaml)}</pre>"
     )
+
+
+def _machine_section(record: SweepRecord) -> str:
+    """The driver's machine tags; says so when an older sweep recorded no CPU."""
     machine = [{"": k, "value": v} for k, v in record.machine.items()]
     if machine and "CPU" not in record.machine:
         machine.append({"": "CPU", "value": "not recorded (this sweep predates CPU tags on the parent run)"})
-    body["machine"] = (
+    return (
         "<p>The machine that ran the sweep's driver (trials on a cluster ran on its workers).</p>"
         + html_table(machine, columns=["", "value"], css="kv")
         if machine
         else "<p>not recorded on the parent run</p>"
     )
+
+
+def _trials_section(record: SweepRecord) -> str:
     stopped = sum(t.early_stopped for t in record.trials)
-    body["trials"] = (
+    return (
         f"<p>{len(record.trials)} trials, {len(record.completed())} completed, {stopped} stopped early by ASHA, "
         f"sorted by best {html.escape(record.metric)}.</p>" + html_table(_trial_rows(record))
     )
-    body["curves"] = (
+
+
+def _curves_section(record: SweepRecord) -> str:
+    return (
         _png(learning_curves_figure(record))
         + f"<p class='note'>A red × marks the last epoch of a trial ASHA stopped before {record.max_epochs} epochs.</p>"
         if record.trials
         else "<p>no trials</p>"
     )
+
+
+def _importance_section(record: SweepRecord) -> str:
+    """Optuna's importances, or why there are none (too few completed trials, nothing searched)."""
     importances, how = parameter_importances(record)
     if importances is None:
-        body["importance"] = f"<p>Parameter importances {html.escape(how)}.</p>"
-    else:
-        rows = [{"parameter": k, "importance": v} for k, v in importances.items()]
-        body["importance"] = (
-            _png(importance_figure(importances)) + html_table(rows) + f"<p class='note'>{html.escape(how)}</p>"
-        )
+        return f"<p>Parameter importances {html.escape(how)}.</p>"
+    rows = [{"parameter": k, "importance": v} for k, v in importances.items()]
+    return _png(importance_figure(importances)) + html_table(rows) + f"<p class='note'>{html.escape(how)}</p>"
+
+
+def _parallel_section(record: SweepRecord) -> str:
     fig = parallel_coordinates_figure(record)
-    body["parallel"] = _png(fig) if fig is not None else "<p>no completed trial with searched parameters to draw</p>"
-    if record.table5:
-        columns = [
-            c
-            for c in ("method", "acc", "acc_class", "miou", "miou_lo", "miou_hi", "fwiou", "boundary_f", "ms_per_image")
-            if any(c in r for r in record.table5)
-        ]
-        level = (record.decision or {}).get("bootstrap") or {}
-        note = (
-            f"miou_lo / miou_hi: {level.get('confidence', 0.95):.0%} percentile bootstrap interval over the test "
-            "images, the same resamples for every variant."
-            if any("miou_lo" in r for r in record.table5)
-            else "No intervals: this final stage ran before they were recorded."
-        )
-        fig = intervals_figure(record.table5, None)
-        body["table5"] = (
-            html_table(record.table5, columns)
-            + f"<p class='note'>{html.escape(note)}</p>"
-            + (_png(fig) if fig is not None else "")
-        )
-    else:
-        body["table5"] = "<p>No final stage has run for this sweep.</p>"
-    body["examples"] = (
+    return _png(fig) if fig is not None else "<p>no completed trial with searched parameters to draw</p>"
+
+
+def _table5_section(record: SweepRecord) -> str:
+    """The final stage's post-processing table with bootstrap intervals, when the final stage recorded them."""
+    if not record.table5:
+        return "<p>No final stage has run for this sweep.</p>"
+    columns = [
+        c
+        for c in ("method", "acc", "acc_class", "miou", "miou_lo", "miou_hi", "fwiou", "boundary_f", "ms_per_image")
+        if any(c in r for r in record.table5)
+    ]
+    level = (record.decision or {}).get("bootstrap") or {}
+    note = (
+        f"miou_lo / miou_hi: {level.get('confidence', 0.95):.0%} percentile bootstrap interval over the test "
+        "images, the same resamples for every variant."
+        if any("miou_lo" in r for r in record.table5)
+        else "No intervals: this final stage ran before they were recorded."
+    )
+    fig = intervals_figure(record.table5, None)
+    return (
+        html_table(record.table5, columns)
+        + f"<p class='note'>{html.escape(note)}</p>"
+        + (_png(fig) if fig is not None else "")
+    )
+
+
+def _examples_section(record: SweepRecord) -> str:
+    return (
         "<p>Image | baseline | +CRF | +matting | +CRF+matting (hair tinted by its probability).</p>"
         + "".join(_img(png, f"example {i}") for i, png in enumerate(record.examples))
         if record.examples
         else "<p>No example panels recorded.</p>"
     )
-    body["pareto"] = _pareto_section(record)
-    body["promotion"] = _promotion_section(record)
-    body["paper"] = _paper_section(record)
+
+
+#: One builder per entry of ``SECTIONS``, called in this order (the order figures are drawn in).
+_SECTION_BUILDERS: dict[str, Callable[[SweepRecord], str]] = {
+    "space": _space_section,
+    "machine": _machine_section,
+    "trials": _trials_section,
+    "curves": _curves_section,
+    "importance": _importance_section,
+    "parallel": _parallel_section,
+    "table5": _table5_section,
+    "examples": _examples_section,
+    "pareto": _pareto_section,
+    "promotion": _promotion_section,
+    "paper": _paper_section,
+}
+
+
+def render_report(record: SweepRecord) -> str:
+    """The whole report as one HTML string (no external resource of any kind)."""
+    body = {key: build(record) for key, build in _SECTION_BUILDERS.items()}
     nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS.items())
     sections = "".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{body[key]}</section>' for key, title in SECTIONS.items()

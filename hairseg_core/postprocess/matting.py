@@ -109,14 +109,30 @@ def mishima_matting(
         return trivial
 
     ys, xs = np.nonzero(~(fg | bg))
-    # Box-filter only the part of the image that windows around unknown pixels can reach.
+    sums = _window_sums(image, fg, bg, ys, xs, window)
+    f_mean, r_f = _class_spheres(image, fg, sums[:, :5], min_samples, sphere_scale)
+    b_mean, r_b = _class_spheres(image, bg, sums[:, 5:], min_samples, sphere_scale)
+    pixels = image[ys, xs].astype(np.float64)
+    alpha = fg.astype(np.float32)
+    alpha[ys, xs] = _alpha_between_spheres(pixels, f_mean, r_f, b_mean, r_b, max_fill, min_separation)
+    return alpha
+
+
+def _window_sums(
+    image: np.ndarray, fg: np.ndarray, bg: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int
+) -> np.ndarray:
+    """Per unknown pixel (``ys``, ``xs``), sums over its window: [n, Σr, Σg, Σb, Σ|c|²] of the known
+    foreground, then the same of the known background (N x 10).
+
+    One box filter over all ten channels, and only over the part of the image that windows around
+    unknown pixels can reach: O(H·W) whatever the window.
+    """
     half = window // 2
     y0, y1 = max(int(ys.min()) - half, 0), min(int(ys.max()) + half + 1, image.shape[0])
     x0, x1 = max(int(xs.min()) - half, 0), min(int(xs.max()) + half + 1, image.shape[1])
     crop = image[y0:y1, x0:x1].astype(np.float64)
     sq = np.einsum("hwc,hwc->hw", crop, crop)
     fg_c, bg_c = fg[y0:y1, x0:x1].astype(np.float64), bg[y0:y1, x0:x1].astype(np.float64)
-    # Channels: [n, Σr, Σg, Σb, Σ|c|²] for foreground, then the same for background.
     stack = np.concatenate(
         [
             fg_c[..., None],
@@ -129,21 +145,36 @@ def mishima_matting(
         axis=2,
     )
     sums = cv2.boxFilter(stack, -1, (window, window), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    sums = sums[ys - y0, xs - x0]  # N x 10, window sums at the unknown pixels
+    return sums[ys - y0, xs - x0]
 
-    pixels = image[ys, xs].astype(np.float64)
-    centres, radii = [], []
-    for offset, mask in ((0, fg), (5, bg)):
-        local = sums[:, offset : offset + 5]
-        colours = image[mask].astype(np.float64)
-        global_sums = np.concatenate([[len(colours)], colours.sum(0), [np.einsum("nc,nc->", colours, colours)]])
-        local = np.where((local[:, :1] >= min_samples), local, global_sums[None, :])
-        mean = local[:, 1:4] / local[:, :1]
-        var = local[:, 4] / local[:, 0] - np.einsum("nc,nc->n", mean, mean)
-        centres.append(mean)
-        radii.append(sphere_scale * np.sqrt(np.maximum(var, 0.0)))
-    (f_mean, b_mean), (r_f, r_b) = centres, radii
 
+def _class_spheres(
+    image: np.ndarray, mask: np.ndarray, local: np.ndarray, min_samples: int, sphere_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One class's colour sphere per unknown pixel: (centres N x 3, radii N) from its window sums ``local``
+    (N x 5), or from the class's global statistics where the window holds fewer than ``min_samples``."""
+    colours = image[mask].astype(np.float64)
+    global_sums = np.concatenate([[len(colours)], colours.sum(0), [np.einsum("nc,nc->", colours, colours)]])
+    local = np.where((local[:, :1] >= min_samples), local, global_sums[None, :])
+    mean = local[:, 1:4] / local[:, :1]
+    var = local[:, 4] / local[:, 0] - np.einsum("nc,nc->n", mean, mean)
+    return mean, sphere_scale * np.sqrt(np.maximum(var, 0.0))
+
+
+def _alpha_between_spheres(
+    pixels: np.ndarray,
+    f_mean: np.ndarray,
+    r_f: np.ndarray,
+    b_mean: np.ndarray,
+    r_b: np.ndarray,
+    max_fill: float,
+    min_separation: float,
+) -> np.ndarray:
+    """α of each pixel: its projection on the B→F centre line, placed between the two sphere surfaces.
+
+    Radii are shrunk so they fill at most ``max_fill`` of the centre distance (overlapping clusters give
+    a steep matte, not an undefined one); centres closer than ``min_separation`` give α = 0.5.
+    """
     axis = f_mean - b_mean
     length = np.sqrt(np.einsum("nc,nc->n", axis, axis))
     safe_len = np.maximum(length, min_separation)
@@ -151,11 +182,7 @@ def mishima_matting(
     shrink = np.minimum(1.0, max_fill * length / np.maximum(r_f + r_b, 1e-12))
     r_f, r_b = r_f * shrink, r_b * shrink
     alpha_u = np.clip((along - r_b) / np.maximum(length - r_f - r_b, 1e-12), 0.0, 1.0)
-    alpha_u = np.where(length < min_separation, 0.5, alpha_u)
-
-    alpha = fg.astype(np.float32)
-    alpha[ys, xs] = alpha_u
-    return alpha
+    return np.where(length < min_separation, 0.5, alpha_u)
 
 
 @MATTING.register("closed_form")

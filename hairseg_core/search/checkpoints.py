@@ -93,10 +93,11 @@ class RestoreFromSurvivingCheckpoint:
 
 
 # Ray 2.60 has no public type for what ``Trainable.restore`` receives from the Tune controller: it
-# is ``ray.train._internal.checkpoint_manager._TrainingResult`` (checkpoint + metrics). ``restore``
+# is ``ray.train._internal.session._TrainingResult`` (checkpoint + metrics). ``restore``
 # also takes a public ``tune.Checkpoint``, but then resets the trial's ``training_iteration`` to 0,
 # so the epochs after the fallback would be reported with wrong iteration numbers and ASHA would
-# compare them at the wrong rungs. The private type is therefore used here, and only here.
+# compare them at the wrong rungs. The private type is therefore used here, and only here; the project's
+# other private Ray / Optuna / MLflow names, and what breaks when they change, are in docs/private-names.md.
 def _restored_checkpoint(argument: Any) -> Checkpoint | None:
     """The checkpoint Tune asks a trial to restore from, when it passes its internal result type."""
     return argument.checkpoint if isinstance(argument, _TrainingResult) else None

@@ -211,6 +211,35 @@ def estimate_cost(
     concurrency = _concurrency(space, cluster, cpu_run)
     estimate = CostEstimate(cpu_run=cpu_run, trials=space.num_samples, concurrency=concurrency)
     estimate.cluster_gpus = list(iter_gpu_names(cluster))
+    expected_epochs = _expected_epochs(space, estimate)
+    estimate.basis.append(
+        f"data: {data.train if data.train is not None else '?'} train / "
+        f"{data.val if data.val is not None else '?'} val images ({data.source})"
+    )
+    per_epoch = [(s, _trial_images(s, space, data)) for s in trial_shapes(space)]
+    if any(images is None for _, images in per_epoch):
+        estimate.notes.append("no estimate: the data set size is unknown on this machine")
+        return estimate
+    train_per_epoch = [images[0] for _, images in per_epoch if images]
+    estimate.train_images_upper = space.num_samples * space.epochs * max(train_per_epoch)
+    estimate.train_images_expected = space.num_samples * expected_epochs * sum(train_per_epoch) / len(train_per_epoch)
+    if cpu_run:
+        estimate.notes.append(
+            "CPU run: the rate table is GPU-measured (benchmarks/README.md, GPU settings), so no hours are estimated"
+        )
+        return estimate
+    timed = _trial_hours(estimate, space, per_epoch, table)
+    if timed is None:
+        return estimate
+    trial_hours, rates_from = timed
+    _gpu_and_wall_hours(estimate, space, trial_hours, expected_epochs)
+    _note_gpu_models(estimate, rates_from)
+    estimate.notes.append("GPU compute only: data loading, worker start and the final stage are not counted")
+    return estimate
+
+
+def _expected_epochs(space: SearchSpace, estimate: CostEstimate) -> float:
+    """Epochs a trial runs on average once ASHA stops some early; the basis says how it was counted."""
     epochs = space.epochs
     scheduler = space.scheduler
     expected_epochs = asha_epochs(epochs, scheduler.grace_period, scheduler.reduction_factor, scheduler.type)
@@ -219,24 +248,18 @@ def estimate_cost(
         f"epochs: {epochs} at most, {expected_epochs:.2f} expected per trial"
         + (rungs if scheduler.type == "asha" else "")
     )
-    estimate.basis.append(
-        f"data: {data.train if data.train is not None else '?'} train / "
-        f"{data.val if data.val is not None else '?'} val images ({data.source})"
-    )
-    shapes = trial_shapes(space)
-    per_epoch = [(s, _trial_images(s, space, data)) for s in shapes]
-    if any(images is None for _, images in per_epoch):
-        estimate.notes.append("no estimate: the data set size is unknown on this machine")
-        return estimate
-    train_per_epoch = [images[0] for _, images in per_epoch if images]
-    estimate.train_images_upper = space.num_samples * epochs * max(train_per_epoch)
-    estimate.train_images_expected = space.num_samples * expected_epochs * sum(train_per_epoch) / len(train_per_epoch)
-    if cpu_run:
-        estimate.notes.append(
-            "CPU run: the rate table is GPU-measured (benchmarks/README.md, GPU settings), so no hours are estimated"
-        )
-        return estimate
+    return expected_epochs
 
+
+def _trial_hours(
+    estimate: CostEstimate,
+    space: SearchSpace,
+    per_epoch: list[tuple[TrialShape, tuple[float, float] | None]],
+    table: GpuTable,
+) -> tuple[list[float], set[str]] | None:
+    """GPU hours of one epoch per trial configuration, from the rate table (trials sharing a GPU run slower
+    each, by the measured share speed-up), and the GPUs the rates were measured on; None (with a note) when
+    a backbone was never measured."""
     share = space.resources.gpu
     per_gpu = max(1, math.floor(1 / share + 1e-9)) if share < 1 else 1
     eval_size = effective_eval_size(space.trial_config({}))
@@ -250,7 +273,7 @@ def estimate_cost(
         rate = table.train_rate(shape.backbone, shape.crop, shape.batch, shape.head, settings, shape.output_stride)
         if rate is None:
             estimate.notes.append(f"no estimate: {shape.backbone} was never measured on a GPU")
-            return estimate
+            return None
         speedup = table.share_speedup(shape.backbone, shape.crop, shape.batch, per_gpu)
         per_trial = rate.value * speedup.value / per_gpu
         forward_rate = per_trial / FORWARD_FRACTION * (shape.crop / float(eval_size)) ** 2
@@ -269,6 +292,15 @@ def estimate_cost(
         f"{len(per_epoch)} trial configurations ({measured} measured, the others scaled or by proxy; "
         f"{per_gpu} trial(s) per GPU)"
     )
+    return trial_hours, rates_from
+
+
+def _gpu_and_wall_hours(
+    estimate: CostEstimate, space: SearchSpace, trial_hours: list[float], expected_epochs: float
+) -> None:
+    """Upper bounds from the slowest configuration run to the last epoch; expectations from the mean one
+    stopped as ASHA would, ``concurrency`` trials at a time."""
+    share, epochs = space.resources.gpu, space.epochs
     worst = max(trial_hours)
     mean = sum(trial_hours) / len(trial_hours)
     estimate.gpu_hours_upper = space.num_samples * epochs * worst * share
@@ -276,6 +308,10 @@ def estimate_cost(
     waves = math.ceil(space.num_samples / estimate.concurrency)
     estimate.wall_hours_upper = waves * epochs * worst
     estimate.wall_hours_expected = space.num_samples * expected_epochs * mean / estimate.concurrency
+
+
+def _note_gpu_models(estimate: CostEstimate, rates_from: set[str]) -> None:
+    """Warn when the rates come from another GPU model than the cluster's (or the cluster's is unknown)."""
     measured_on = {r.split(" (")[0] for r in rates_from}
     same = any(g.replace("NVIDIA ", "") in m for g in estimate.cluster_gpus for m in measured_on)
     if estimate.cluster_gpus and not same:
@@ -285,8 +321,6 @@ def estimate_cost(
         )
     elif not estimate.cluster_gpus:
         estimate.notes.append(f"the cluster's GPU model is unknown; rates of {', '.join(sorted(measured_on))}")
-    estimate.notes.append("GPU compute only: data loading, worker start and the final stage are not counted")
-    return estimate
 
 
 @dataclass(frozen=True)

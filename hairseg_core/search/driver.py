@@ -241,97 +241,129 @@ def _claim(sweep: PreparedSweep) -> int | None:
 def run_sweep(sweep: PreparedSweep) -> int:
     """Record, run (or resume) and summarise the sweep, then its final stage; Ray must be connected."""
     from hairseg_core.search import results as sweep_results  # deferred: Optuna
-    from hairseg_core.search.shared_data import share_in_object_store  # deferred: Ray
-    from hairseg_core.search.summary import print_errors, print_summary, report_front, resume_hint  # deferred: Optuna
-    from hairseg_core.search.tuner import SweepSettings, build_tuner  # deferred: Optuna
+    from hairseg_core.search.summary import resume_hint  # deferred: Optuna
 
     request, space, name, storage = sweep.request, sweep.space, sweep.name, sweep.storage
     hint = resume_hint(name, storage, request.address, request.tracking_uri)
     try:
         tracker = Tracker(sweep.tracking_uri, sweep.experiment, default_artifact_location(sweep.tracking_uri))
-        parent = tracker.start_sweep(
-            name,
-            space.model_dump(),
-            sweep.space_file,
-            resume=request.resume,
-            parent_run_id=sweep.parent_run_id,
-            tags={TAG_STORAGE: state.sweep_dir(storage, name)},
-        )
-        if not request.resume:
-            state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file, parent_run_id=parent)
-            if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
-                tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
-        if sweep.input_plan is not None:
-            tracker.set_tags(parent, sweep.input_plan.tags())
-        view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
-        view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
-        print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
-        if sweep.plan is not None:
-            log_estimate(tracker, parent, sweep.plan)
-        settings = SweepSettings(
-            experiment=sweep.experiment,
-            storage_path=storage,
-            tracking_uri=sweep.tracking_uri,
-            name=name,
-            verbose=0 if request.quiet else 1,
-        )
-        data = sweep.data
-        if data is not None and sweep.input_plan is not None and sweep.input_plan.mode == "memory":
-            data = share_in_object_store(data)  # one copy per node, read zero-copy by every trial there
-        tuner = build_tuner(space, settings, parent, resume=request.resume, data=data, weights=sweep.weights)
-        del data
-        started = time.perf_counter()
-        results = tuner.fit()
-        elapsed = time.perf_counter() - started
-        if sweep.plan is not None:
-            report_actual_cost(tracker, parent, sweep.plan, results, elapsed, space.resources.gpu)
+        parent, view = _record_sweep(sweep, tracker)
+        results, elapsed = _run_tune(sweep, tracker, parent)
         progress = sweep_results.sweep_progress(results, space.num_samples)
         if progress.unfinished:
             # Tune catches the first Ctrl-C (SIGINT/SIGUSR1), saves its state and *returns*: the
             # sweep is not over, so it must be neither summarised as done nor finalized.
             tracker.end_run(parent, "KILLED")
-            if len(results) < space.num_samples and progress.ended == len(results):
-                # No trial was left running, so no stop signal ended this: Tune's restored state had fewer
-                # trials than its searcher had counted (see sweep/restore_state.py); resuming creates the rest.
-                print(
-                    f"\nTune ended with {len(results)} of {space.num_samples} trials created, all ended; "
-                    "the others were lost from its saved state and are created by resuming.",
-                    file=sys.stderr,
-                )
-            else:
-                print(
-                    f"\n{progress.ended} of {space.num_samples} trials ended before the stop signal.", file=sys.stderr
-                )
+            _explain_unfinished(results, progress, space.num_samples)
             print(hint, file=sys.stderr)
             return 130
         if progress.completed == space.num_samples:
             state.mark_sweep_finished(storage, name)  # errored trials keep it resumable (retried)
-        rows = sweep_results.results_rows(results, space)
-        if progress.completed == 0:
-            print_errors(rows)
-            tracker.end_run(parent, "FAILED")
-            print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)
-            return 1
-        study = sweep_results.optuna_study_from_results(results, space)
-        selection = report_front(results, space, tracker, parent)
-        if selection is None:  # the select: rule matched no trial; the message is printed
-            tracker.log_table(parent, rows, "results/trials.json")
-            tracker.end_run(parent, "FAILED")
-            return 1
-        best = sweep_results.best_trial(results, space, selection.point)
-        log_sweep_summary(tracker, parent, rows, study, best, space.metric)
-        print_summary(rows, best, space.metric, elapsed, sweep.tracking_uri, sweep.experiment, view)
-        print(f"picked for export: trial {best.trial_id}: {selection.reason}")
-        status = 0
-        if request.finalize:
-            status = _final_stage(best, space, tracker, parent, name, state.sweep_dir(storage, name))
-        if status == 0 and progress.completed == space.num_samples:
-            state.mark_sweep_finalized(storage, name, skipped=not request.finalize)
-        tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
-        return status
+        return _summarise_and_finalize(sweep, tracker, parent, view, results, progress, elapsed)
     except KeyboardInterrupt:
         print(hint, file=sys.stderr)
         return 130
+
+
+def _record_sweep(sweep: PreparedSweep, tracker: Tracker) -> tuple[str, str]:
+    """Open (or reopen) the MLflow parent run and, for a new sweep, its manifest; the parent run id and UI view.
+
+    Both come before Tune starts: ``--resume`` reads the parent run's id back from the manifest (``_claim``).
+    """
+    request, space, name, storage = sweep.request, sweep.space, sweep.name, sweep.storage
+    parent = tracker.start_sweep(
+        name,
+        space.model_dump(),
+        sweep.space_file,
+        resume=request.resume,
+        parent_run_id=sweep.parent_run_id,
+        tags={TAG_STORAGE: state.sweep_dir(storage, name)},
+    )
+    if not request.resume:
+        state.save_sweep_manifest(storage, name, sweep.experiment, space, sweep.space_file, parent_run_id=parent)
+        if sweep.data is not None:  # decoded here for every trial: the trials' runs copy these inputs
+            tracker.log_datasets(parent, fingerprint_config(space.trial_config({})))
+    if sweep.input_plan is not None:
+        tracker.set_tags(parent, sweep.input_plan.tags())
+    view_key = tracker.save_sweep_view(name, space.model_dump())  # the UI view comparing this sweep's trials
+    view = view_url(ui_address(sweep.tracking_uri), tracker.experiment_id, view_key)
+    print(f"sweep {name}: {space.num_samples} trials of space {space.name!r}, MLflow parent run {parent}")
+    if sweep.plan is not None:
+        log_estimate(tracker, parent, sweep.plan)
+    return parent, view
+
+
+def _run_tune(sweep: PreparedSweep, tracker: Tracker, parent: str) -> tuple[Any, float]:
+    """Build the tuner (data shared through the object store in memory mode) and fit it; results and seconds."""
+    from hairseg_core.search.shared_data import share_in_object_store  # deferred: Ray
+    from hairseg_core.search.tuner import SweepSettings, build_tuner  # deferred: Optuna
+
+    request, space = sweep.request, sweep.space
+    settings = SweepSettings(
+        experiment=sweep.experiment,
+        storage_path=sweep.storage,
+        tracking_uri=sweep.tracking_uri,
+        name=sweep.name,
+        verbose=0 if request.quiet else 1,
+    )
+    data = sweep.data
+    if data is not None and sweep.input_plan is not None and sweep.input_plan.mode == "memory":
+        data = share_in_object_store(data)  # one copy per node, read zero-copy by every trial there
+    tuner = build_tuner(space, settings, parent, resume=request.resume, data=data, weights=sweep.weights)
+    del data
+    started = time.perf_counter()
+    results = tuner.fit()
+    elapsed = time.perf_counter() - started
+    if sweep.plan is not None:
+        report_actual_cost(tracker, parent, sweep.plan, results, elapsed, space.resources.gpu)
+    return results, elapsed
+
+
+def _explain_unfinished(results: Any, progress: Any, num_samples: int) -> None:
+    """Why Tune returned before every trial ended: a stop signal, or trials lost from its saved state."""
+    if len(results) < num_samples and progress.ended == len(results):
+        # No trial was left running, so no stop signal ended this: Tune's restored state had fewer
+        # trials than its searcher had counted (see search/restore_state.py); resuming creates the rest.
+        print(
+            f"\nTune ended with {len(results)} of {num_samples} trials created, all ended; "
+            "the others were lost from its saved state and are created by resuming.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"\n{progress.ended} of {num_samples} trials ended before the stop signal.", file=sys.stderr)
+
+
+def _summarise_and_finalize(
+    sweep: PreparedSweep, tracker: Tracker, parent: str, view: str, results: Any, progress: Any, elapsed: float
+) -> int:
+    """Summary, Pareto pick and final stage of a sweep whose trials all ended; closes the parent run."""
+    from hairseg_core.search import results as sweep_results  # deferred: Optuna
+    from hairseg_core.search.summary import print_errors, print_summary, report_front  # deferred: Optuna
+
+    request, space, name, storage = sweep.request, sweep.space, sweep.name, sweep.storage
+    rows = sweep_results.results_rows(results, space)
+    if progress.completed == 0:
+        print_errors(rows)
+        tracker.end_run(parent, "FAILED")
+        print("\nerror: every trial errored (after its retries); nothing to summarise or finalize", file=sys.stderr)
+        return 1
+    study = sweep_results.optuna_study_from_results(results, space)
+    selection = report_front(results, space, tracker, parent)
+    if selection is None:  # the select: rule matched no trial; the message is printed
+        tracker.log_table(parent, rows, "results/trials.json")
+        tracker.end_run(parent, "FAILED")
+        return 1
+    best = sweep_results.best_trial(results, space, selection.point)
+    log_sweep_summary(tracker, parent, rows, study, best, space.metric)
+    print_summary(rows, best, space.metric, elapsed, sweep.tracking_uri, sweep.experiment, view)
+    print(f"picked for export: trial {best.trial_id}: {selection.reason}")
+    status = 0
+    if request.finalize:
+        status = _final_stage(best, space, tracker, parent, name, state.sweep_dir(storage, name))
+    if status == 0 and progress.completed == space.num_samples:
+        state.mark_sweep_finalized(storage, name, skipped=not request.finalize)
+    tracker.end_run(parent, "FINISHED" if status == 0 else "FAILED")
+    return status
 
 
 def _final_stage(best: Any, space: SearchSpace, tracker: Tracker, parent: str, name: str, folder: str) -> int:

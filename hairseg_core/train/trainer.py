@@ -199,11 +199,27 @@ class Trainer:
         self.data = (data if data is not None else load_trial_data(cfg, progress=progress, workers=cpus or 1)).open(
             workers=cpus or 1, progress=progress
         )
+        # The network comes first after seeding: its initialisation draws from the seeded torch RNG.
+        self._build_model(load_pretrained)
+        self._build_optimisation()
+        self._build_loaders(cpus)
+        self._build_schedule()
 
+        self.epoch = 0  # completed epochs
+        self.history: list[dict[str, float]] = []
+        self.extra: dict[str, Any] = {}
+
+    def _build_model(self, load_pretrained: bool) -> None:
+        """The network on its device (channels-last when the GPU settings say so)."""
+        cfg = self.cfg
         model_kwargs = cfg.model_kwargs if load_pretrained else {**cfg.model_kwargs, "pretrained": "none"}
         self.model = build_model(**model_kwargs).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _build_optimisation(self) -> None:
+        """Optimiser over the backbone / head parameter groups (their own learning rates), loss, AMP scaler."""
+        cfg = self.cfg
         groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
@@ -216,6 +232,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
+    def _build_loaders(self, cpus: int | None) -> None:
+        """Train, validation and precise-BN datasets and loaders; shuffling draws from ``loader_generator``."""
+        cfg = self.cfg
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(cpus)
         eval_size = effective_eval_size(cfg)
         self.train_set = TransformedDataset(
@@ -247,6 +266,11 @@ class Trainer:
         )
         self.val_loader = DataLoader(self.val_set, batch_size=max(1, cfg.batch_size), shuffle=False, **loader_kw)
         self.bn_loader = DataLoader(self.bn_set, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
+
+    def _build_schedule(self) -> None:
+        """Steps per epoch (capped by ``max_steps_per_epoch``) and the per-group LR schedule over all of them:
+        warm-up for every group, and the backbone held at zero for its ``freeze_backbone_steps``."""
+        cfg = self.cfg
         self.steps_per_epoch = len(self.train_loader)
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
@@ -257,10 +281,6 @@ class Trainer:
             for group in self.optimizer.param_groups
         ]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
-
-        self.epoch = 0  # completed epochs
-        self.history: list[dict[str, float]] = []
-        self.extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ training
     def fit(self) -> Iterator[dict[str, float]]:
