@@ -37,7 +37,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120, check=False)
 
 
-LOADED = """
+LOADED = f"""
 import json, runpy, sys
 how, argv = sys.argv[1], sys.argv[2:]
 sys.argv = ["x", *argv]
@@ -53,9 +53,9 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = None
-heavy = [m for m in {heavy} if m in sys.modules]
+heavy = [m for m in {HEAVY} if m in sys.modules]
 print(json.dumps({{"code": code, "heavy": heavy}}))
-""".format(heavy=HEAVY)
+"""
 
 
 def _loaded(how: str, *argv: str) -> dict:
