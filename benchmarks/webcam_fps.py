@@ -53,6 +53,7 @@ from hairseg_core.deploy.coloring import recolor  # noqa: E402
 from hairseg_core.deploy.inference import BACKENDS, HairPredictor, OnnxRunner, Preprocessor, unletterbox  # noqa: E402
 from hairseg_core.deploy.latency import LatencyStats, interleaved_times, latency_stats  # noqa: E402
 from hairseg_core.deploy.temporal import EmaSmoother  # noqa: E402
+from hairseg_core.deploy.webcam import colour_frame  # noqa: E402
 from hairseg_core.final.export import export_all, synthetic_portrait  # noqa: E402
 from hairseg_core.models import build_model  # noqa: E402
 from hairseg_core.scaling import effective_eval_size  # noqa: E402
@@ -160,10 +161,9 @@ def interleaved_stats(calls: dict[str, Callable[[int], object]], rounds: int, wa
 
 
 def app_step(predictor: HairPredictor, smoother: EmaSmoother, frame_bgr: np.ndarray) -> np.ndarray:
-    """One iteration of pipelines/webcam.py's loop, minus display and file output."""
-    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-    prob = smoother(predictor(rgb))
-    return cv2.cvtColor(recolor(rgb, prob, "red", 0.8), cv2.COLOR_RGB2BGR)
+    """One iteration of the webcam app's loop (``hairseg_core.deploy.webcam.run_loop``), minus display and file
+    output: the library's own per-frame step, red at strength 0.8."""
+    return colour_frame(predictor, smoother, frame_bgr, "red", 0.8)
 
 
 def stage_breakdown(frames: list[np.ndarray], size: int, rounds: int) -> dict[str, float]:

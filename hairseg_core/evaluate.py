@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hairseg_core.final.bootstrap import PerImageCounts
+from hairseg_core.progress import progress_bar
 from hairseg_core.train.metrics import SegmentationMetrics
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -46,7 +46,7 @@ def evaluate_predictor(
     if n == 0:
         raise ValueError("evaluation dataset is empty")
     elapsed = 0.0
-    for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc=desc, disable=not progress, leave=False):
         sample = dataset[i]
         image, mask = np.asarray(sample["image"]), np.asarray(sample["mask"])
         start = time.perf_counter()

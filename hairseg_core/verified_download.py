@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
+from hairseg_core.progress import progress_bar
 
 CHUNK = 1 << 16
 TIMEOUT_S = 60.0
@@ -240,7 +240,9 @@ def _stream(url: str, part: Path, *, progress: bool, timeout: float, user_agent:
         desc = Path(urllib.parse.urlparse(url).path).name or url
         with (
             open(part, "ab" if resumed else "wb") as out,
-            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar,
+            progress_bar(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=desc, disable=not progress
+            ) as bar,
         ):
             while chunk := _read(response, url):
                 out.write(chunk)  # a full disk raises OSError here: not retried, the caller sees it as is

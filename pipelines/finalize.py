@@ -1,72 +1,17 @@
 """Final stage of a sweep: CRF / matting evaluation, webcam export, MLflow registry promotion.
 
-Runs at the end of ``python pipelines/sweep.py`` (unless --no-finalize), or alone:
+    python pipelines/finalize.py [options]     is     hairseg finalize [options]     (hairseg_core/cli/finalize.py)
 
-    python pipelines/finalize.py                       # newest finished sweep of hairseg-default
-    python pipelines/finalize.py --experiment hairseg-paper
-    python pipelines/finalize.py --run-id <sweep parent run id> --dry-run
-    python pipelines/finalize.py --checkpoint runs/m1/checkpoint.pt   # any training checkpoint
-    python pipelines/finalize.py --report-only --run-id <sweep parent run id>  # rebuild exports/<sweep>/report.html
-
-After a sweep's final stage (not a dry run) the reproduction report is written to
-``exports/<sweep>/report.html`` and logged to the sweep's parent run.
+``python pipelines/finalize.py --help`` lists the options. The package must be installed (``pip install -e .``).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from hairseg_core.final.selection import FinalStageRequest, run_final_stage  # noqa: E402
-from hairseg_core.threads import available_cpus  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> FinalStageRequest:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--experiment", default="hairseg-default", help="MLflow experiment of the sweep")
-    src.add_argument("--run-id", help="the sweep's parent run id")
-    p.add_argument("--checkpoint", help="finalize this training checkpoint instead of a sweep's best")
-    p.add_argument("--space", help="search space YAML whose finalize: block to use (default: the sweep's)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns.db)")
-    p.add_argument("--dry-run", action="store_true", help="show the promotion decision, change no registry")
-    p.add_argument("--promote-margin", type=float, help="override finalize.promote_margin")
-    p.add_argument("--max-test-images", type=int, help="override finalize.max_test_images")
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="only (re)build the sweep's reproduction report from MLflow (exports/<sweep>/report.html)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help=f"torch / OpenCV / ONNX Runtime threads (default: the CPUs this process may use, here {available_cpus()})",
-    )
-    args = p.parse_args(argv)
-    if args.report_only and args.checkpoint:
-        p.error("--report-only reports on a sweep: give --run-id or --experiment, not --checkpoint")
-    return FinalStageRequest(
-        experiment=args.experiment,
-        run_id=args.run_id,
-        checkpoint=args.checkpoint,
-        space_file=args.space,
-        tracking_uri=args.tracking_uri,
-        dry_run=args.dry_run,
-        promote_margin=args.promote_margin,
-        max_test_images=args.max_test_images,
-        report_only=args.report_only,
-        threads=args.threads,
-    )
+from hairseg_core.cli import main as hairseg
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_final_stage(parse_args(argv))
+    return hairseg(["finalize", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

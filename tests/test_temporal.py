@@ -17,6 +17,7 @@ import pytest
 from webcam_helpers import DarkPixelsAreHair, load_webcam_app
 
 from hairseg_core.builders import UnknownNameError
+from hairseg_core.cli import build_parser
 from hairseg_core.deploy.temporal import (
     DEFAULT_SMOOTHER,
     SMOOTHERS,
@@ -36,6 +37,7 @@ from hairseg_core.deploy.temporal import (
     true_motion,
     video_stability,
 )
+from hairseg_core.deploy.webcam import make_smoother
 from hairseg_core.final.export import export_torchscript, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,12 +308,12 @@ def test_app_smoothing_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert np.array_equal(other[0], none[0])  # no history yet: the first frame is the network's
         assert not all(np.array_equal(a, b) for a, b in zip(other, none, strict=True)), name
     # the default is the measured best; --smooth keeps its EMA meaning and refuses other methods
-    assert webcam.build_parser().parse_args(["--model", "m"]).smoothing is None
-    assert isinstance(webcam.make_smoother(None, None), type(build_smoother(DEFAULT_SMOOTHER)))
-    assert webcam.make_smoother(None, 0.7).momentum == 0.7
-    assert isinstance(webcam.make_smoother(None, 0.0), NoSmoothing)
-    assert webcam.make_smoother("ema", 0.3).momentum == 0.3
+    assert build_parser().parse_args(["webcam", "--model", "m"]).smoothing is None
+    assert isinstance(make_smoother(None, None), type(build_smoother(DEFAULT_SMOOTHER)))
+    assert make_smoother(None, 0.7).momentum == 0.7
+    assert isinstance(make_smoother(None, 0.0), NoSmoothing)
+    assert make_smoother("ema", 0.3).momentum == 0.3
     code = webcam.main([*base, "--output", str(tmp_path / "x"), "--smoothing", "hysteresis", "--smooth", "0.5"])
     assert code == 2 and "--smooth sets the EMA momentum" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        webcam.build_parser().parse_args(["--model", "m", "--smoothing", "kalman"])
+        build_parser().parse_args(["webcam", "--model", "m", "--smoothing", "kalman"])

@@ -115,10 +115,10 @@ def test_finalize_and_webcam_take_threads() -> None:
     code = """
 import sys
 sys.argv = ["x"]
-sys.path.insert(0, "pipelines")
-import finalize, webcam
-print(finalize.parse_args(["--threads", "1"]).threads, finalize.parse_args([]).threads)
-print(webcam.build_parser().parse_args(["--model", "m.onnx", "--threads", "1"]).threads)
+from hairseg_core.cli import build_parser
+parser = build_parser()
+print(parser.parse_args(["finalize", "--threads", "1"]).threads, parser.parse_args(["finalize"]).threads)
+print(parser.parse_args(["webcam", "--model", "m.onnx", "--threads", "1"]).threads)
 """
     lines = _run(code).stdout.split("\n")
     assert lines[0] == "1 None" and lines[1] == "1"

@@ -18,6 +18,7 @@ from webcam_helpers import DarkPixelsAreHair, load_webcam_app
 from hairseg_core.deploy.coloring import NAMED_COLORS, parse_color, recolor
 from hairseg_core.deploy.inference import load_predictor
 from hairseg_core.deploy.temporal import EmaSmoother, probability_change
+from hairseg_core.deploy.webcam import describe_model
 from hairseg_core.final.export import export_onnx, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,7 @@ def test_app_states_the_model_input_size_at_startup(rule_model: Path, tmp_path: 
         directory.mkdir()
         (directory / "model.onnx").write_bytes((rule_model / "model.onnx").read_bytes())
         _describe_rule(directory, input_size=input_size, train_scale=train_scale)
-        assert expected in webcam.describe_model(str(directory), load_predictor(directory))
+        assert expected in describe_model(str(directory), load_predictor(directory))
 
 
 def test_app_clear_errors(rule_model: Path, video, tmp_path: Path, capsys) -> None:

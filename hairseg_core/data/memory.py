@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hairseg_core.data.splits import RawSplit
+from hairseg_core.progress import progress_bar
 
 
 @dataclass
@@ -45,7 +45,7 @@ class MaterializedSplit:
     def from_dataset(cls, dataset: Sequence[dict[str, Any]], desc: str | None = None) -> MaterializedSplit:
         """Decode every sample of a raw (transform-free) dataset."""
         split = cls()
-        for i in tqdm(range(len(dataset)), desc=desc, disable=desc is None, leave=False):
+        for i in progress_bar(range(len(dataset)), desc=desc, disable=desc is None, leave=False):
             sample = dataset[i]
             split.images.append(np.ascontiguousarray(sample["image"]))
             split.masks.append(np.ascontiguousarray(sample["mask"]))

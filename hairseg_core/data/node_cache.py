@@ -40,9 +40,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from hairseg_core.data.errors import DataError
+from hairseg_core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def _write(dataset: Any, target: Path, store_short_side: int | None, workers: in
         open(target / "images.u8", "wb") as images,
         open(target / "masks.u8", "wb") as masks,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hairseg-cache") as pool,
-        tqdm(total=count, desc=desc, disable=desc is None, leave=False, unit="img") as bar,
+        progress_bar(total=count, desc=desc, disable=desc is None, leave=False, unit="img") as bar,
     ):
         pending: list[Any] = []
         next_index = 0

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from tqdm import tqdm
-
 from hairseg_core.data.celeba_split import (
     MAPPING_FILE,
     SPLIT_FILE_HEADER,
@@ -50,6 +48,7 @@ from hairseg_core.data.datasets import (
     read_image_rgb,
 )
 from hairseg_core.data.errors import DataError
+from hairseg_core.progress import progress_bar
 
 DEFAULT_SPLIT_FILE = "hairseg-split.txt"
 #: The full data set: 30 000 photos, indices 0..29999, in 15 mask folders of 2 000.
@@ -194,7 +193,9 @@ def _run(
     results: dict[Path, T] = {}
     with ThreadPoolExecutor(max_workers=max(int(threads), 1)) as pool:
         outcomes = pool.map(one, jobs)
-        for path, value, problem in tqdm(outcomes, total=len(jobs), desc="decoding", unit="file", disable=not progress):
+        for path, value, problem in progress_bar(
+            outcomes, total=len(jobs), desc="decoding", unit="file", disable=not progress
+        ):
             if problem is not None:
                 problems.append(problem)
             else:

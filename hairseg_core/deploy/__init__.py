@@ -1,1 +1,2 @@
-"""Deployment: inference back-ends, temporal smoothing, colouring, frame sources, latency, the browser page."""
+"""Deployment: inference back-ends, temporal smoothing, colouring, frame sources, the webcam loop, latency,
+the browser page."""

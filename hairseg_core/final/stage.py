@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hairseg_core.artifact import load_trained_model
 from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
@@ -49,6 +48,7 @@ from hairseg_core.final.bootstrap import (
 from hairseg_core.final.export import export_all
 from hairseg_core.final.record import FinalRecord, checkpoint_digest, pause_point
 from hairseg_core.postprocess.pipeline import build_table5_variants
+from hairseg_core.progress import progress_bar
 from hairseg_core.scaling import describe_scale, model_train_scale
 from hairseg_core.text_table import format_table
 from hairseg_core.track.runs import TAG_CHECKPOINT_DIGEST
@@ -147,7 +147,7 @@ def postprocessing_table(
     metrics = {name: SegmentationMetrics(num_classes=2) for name in processors}
     seconds = dict.fromkeys(processors, 0.0)
     panels = []
-    for i in tqdm(range(len(test)), desc="post-processing table", disable=not progress, leave=False):
+    for i in progress_bar(range(len(test)), desc="post-processing table", disable=not progress, leave=False):
         image, mask = test.sample(i)
         start = time.perf_counter()
         probs = predictor.probabilities(image)

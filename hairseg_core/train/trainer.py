@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_checkpoint
 from hairseg_core.config import DataSettings, DataSource, TrainConfig, train_config_from_dict
@@ -43,6 +42,7 @@ from hairseg_core.data.mixup import mixup_batch
 from hairseg_core.data.splits import RawSplit, TransformedDataset, pool
 from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
 from hairseg_core.models import build_model, param_groups
+from hairseg_core.progress import progress_bar
 from hairseg_core.scaling import effective_eval_size
 from hairseg_core.train.gpu_settings import GpuSettings, resolve_gpu_settings
 from hairseg_core.train.losses import build_loss, mixed_loss
@@ -299,7 +299,7 @@ class Trainer:
         mix_rng = torch.Generator().manual_seed(seed)
         self.model.train()
         total_loss, n_batches = 0.0, 0
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch,
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
             disable=not self.progress,
