@@ -14,7 +14,7 @@
    interval of the difference (``hairseg_core.final.bootstrap``, resampling test images) must clear it.
    Table 5 carries each variant's mIoU interval from the same resamples.
 
-All MLflow calls go through ``hairseg_core.track.runs``.
+All MLflow calls go through ``hairseg_core.track``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from hairseg_core.final.record import FinalRecord, checkpoint_digest, pause_poin
 from hairseg_core.postprocess.pipeline import build_table5_variants
 from hairseg_core.scaling import describe_scale, model_train_scale
 from hairseg_core.text_table import format_table
-from hairseg_core.track.runs import TAG_CHECKPOINT_DIGEST
+from hairseg_core.track.tags import TAG_CHECKPOINT_DIGEST
 from hairseg_core.train.metrics import SegmentationMetrics
 from hairseg_core.visualize import metrics_bar_figure, overlay
 
@@ -379,6 +379,7 @@ def finalize(
                 **{f"test_{r['source']}_{k}": f"{r[k]:.6f}" for r in per_source for k in TABLE_METRICS},
                 **tags_of_decision,
             },
+            after_logged=lambda: pause_point("model_logged"),
         )
         record.mark("registration", version=version)
         return _after_registration(version, record, settings, tracker, sweep, digest, export=export, notes=notes)
