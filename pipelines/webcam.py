@@ -222,7 +222,7 @@ def run_web(args: argparse.Namespace) -> int:
     """``--web``: the page gets the colour, strength and smoothing; the rest of the options are the desktop app's."""
     from hairseg_core.deploy.web.ortweb import OrtWebError
     from hairseg_core.deploy.web.server import PAGE_SMOOTHERS, serve_forever
-    from hairseg_core.track.runs import TrackingUnavailable  # deferred: MLflow only when it is used
+    from hairseg_core.track.errors import TrackingUnavailable  # deferred: MLflow only when it is used
 
     smoothing = args.smoothing or PAGE_SMOOTHERS[0]
     if args.smooth is not None:
@@ -246,7 +246,7 @@ def run_web(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hairseg_core.track.runs import TrackingUnavailable  # deferred: MLflow only when it is used
+    from hairseg_core.track.errors import TrackingUnavailable  # deferred: MLflow only when it is used
 
     if args.web:
         return run_web(args)

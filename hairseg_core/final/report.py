@@ -34,7 +34,9 @@ import numpy as np
 import yaml
 
 from hairseg_core.final import paper_tables as paper
-from hairseg_core.track.runs import TAG_KIND, TAG_SWEEP, Tracker, with_retries
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_KIND, TAG_SWEEP
 
 REPORT_FILE = "report.html"
 SECTIONS = {

@@ -7,7 +7,8 @@ from typing import Any
 from ray.tune import Callback
 
 from hairseg_core.search.trial import TrackingSettings
-from hairseg_core.track.runs import TAG_TRIAL, Tracker
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_TRIAL
 
 
 class MlflowStatusCallback(Callback):

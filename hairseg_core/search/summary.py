@@ -17,7 +17,8 @@ from hairseg_core.search.pareto import Selection, describe_rule, format_front, l
 from hairseg_core.search.results import FRONT_EXTRA_METRICS, BestTrial, latency_machines, sweep_front
 from hairseg_core.search.state import resume_command
 from hairseg_core.text_table import format_table
-from hairseg_core.track.runs import Tracker, ui_command
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.view import ui_command
 
 
 def resume_hint(name: str, storage: str, address: str | None = None, tracking_uri: str | None = None) -> str:

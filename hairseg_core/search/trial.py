@@ -32,7 +32,10 @@ from hairseg_core.search.space import sampled_settings
 from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.search.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
-from hairseg_core.track.runs import Tracker, apply_tracking_credentials, start_system_metrics, with_retries
+from hairseg_core.track.client import apply_tracking_credentials
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.trials import start_system_metrics
 from hairseg_core.train.gpu_settings import SettingsCache, resolve_gpu_settings
 from hairseg_core.train.trainer import Trainer, TrialData, load_trial_data, resolve_device
 from hairseg_core.visualize import prediction_panel, stack_rows
