@@ -18,6 +18,7 @@ from hairseg_core.search.results import FRONT_EXTRA_METRICS, BestTrial, latency_
 from hairseg_core.search.state import resume_command
 from hairseg_core.text_table import format_table
 from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_LATENCY_MACHINES
 from hairseg_core.track.view import ui_command
 
 
@@ -55,7 +56,7 @@ def report_front(results: tune.ResultGrid, space: SearchSpace, tracker: Tracker,
         extra=FRONT_EXTRA_METRICS,
     )
     if machines:
-        tracker.set_tags(parent, {"hairseg.latency_machines": json.dumps(machines)})
+        tracker.set_tags(parent, {TAG_LATENCY_MACHINES: json.dumps(machines)})
     if len(space.objectives) > 1:  # one objective: the front is just the best trial(s), logged only
         print()
         print(format_front(rows, space.objectives, describe_rule(space.select, space.objectives)))
