@@ -59,7 +59,8 @@ from hairseg_core.search.callbacks import MlflowStatusCallback  # noqa: E402
 from hairseg_core.search.trial import TrackingSettings, run_trial  # noqa: E402
 from hairseg_core.search.tuner import REUSE_ACTORS  # noqa: E402
 from hairseg_core.threads import configure_threads  # noqa: E402
-from hairseg_core.track.runs import TAG_TRIAL, Tracker  # noqa: E402
+from hairseg_core.track.runs import Tracker  # noqa: E402
+from hairseg_core.track.tags import TAG_TRIAL  # noqa: E402
 from hairseg_core.train.trainer import Trainer, TrialData, load_trial_data  # noqa: E402
 
 

@@ -15,7 +15,8 @@ from hairseg_core.final.bootstrap import (
     metric_value,
     paired_bootstrap,
 )
-from hairseg_core.final.stage import add_intervals, decide_paired_promotion, promotion_tags
+from hairseg_core.final.promotion import decide_paired_promotion, promotion_tags
+from hairseg_core.final.table5 import add_intervals
 from hairseg_core.train.metrics import SegmentationMetrics, scores_from_confusion
 
 

@@ -14,10 +14,13 @@ from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.data.splits import sample_dicts
 from hairseg_core.deploy.inference import HairPredictor
 from hairseg_core.evaluate import evaluate_predictor
-from hairseg_core.final.stage import champion_inference_scale, decide_promotion, finalize, load_test_split
+from hairseg_core.final.promotion import champion_inference_scale, decide_promotion
+from hairseg_core.final.stage import finalize
+from hairseg_core.final.test_split import load_test_split
 from hairseg_core.postprocess.pipeline import TABLE5_VARIANTS
 from hairseg_core.scaling import attach_train_scale, model_train_scale
-from hairseg_core.track.runs import Tracker, resolve_model_uri
+from hairseg_core.track.registry import resolve_model_uri
+from hairseg_core.track.runs import Tracker
 from hairseg_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -23,16 +23,9 @@ from hairseg_core.data.fingerprint import fingerprint_config
 from hairseg_core.final.export import export_all, synthetic_portrait
 from hairseg_core.models import build_model
 from hairseg_core.scaling import attach_train_scale, model_train_scale
-from hairseg_core.track.runs import (
-    EXPERIMENT_KIND,
-    TAG_EXPERIMENT_KIND,
-    TAG_NOTE,
-    VIEW_TAG_PREFIX,
-    Tracker,
-    sweep_view_state,
-    view_key,
-    view_url,
-)
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, TAG_NOTE, VIEW_TAG_PREFIX
+from hairseg_core.track.view import sweep_view_state, view_key, view_url
 
 SPACE = {
     "name": "tiny",

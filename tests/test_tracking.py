@@ -28,18 +28,12 @@ from sweep_helpers import (
     tune_results,
 )
 
-from hairseg_core.track.runs import (
-    TAG_KIND,
-    TAG_SWEEP,
-    TAG_TRIAL,
-    SweepNameTaken,
-    Tracker,
-    TrackingUnavailable,
-    check_tracking,
-    flatten_params,
-    resolve_tracking_uri,
-    with_retries,
-)
+from hairseg_core.track.client import check_tracking, resolve_tracking_uri
+from hairseg_core.track.errors import SweepNameTaken, TrackingUnavailable
+from hairseg_core.track.experiment import flatten_params
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_KIND, TAG_SWEEP, TAG_TRIAL
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sweep_helpers import EXPERIMENT, PYTHON, REPO, Workspace, free_port, kill_tree, make_workspace, wait_until
 
-from hairseg_core.track.runs import Tracker, TrackingLoginFailed, check_tracking
+from hairseg_core.track.client import check_tracking
+from hairseg_core.track.errors import TrackingLoginFailed
+from hairseg_core.track.runs import Tracker
 
 ADMIN_PASSWORD = "admin-Pw-3f9a1c"
 SWEEPER, SWEEPER_PASSWORD = "sweeper", "sweeper-Pw-77d2e0"

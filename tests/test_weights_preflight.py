@@ -29,7 +29,7 @@ from hairseg_core.data.errors import DataError
 from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
 from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.search.weights import install_weights
-from hairseg_core.track.runs import TrackingUnavailable
+from hairseg_core.track.errors import TrackingUnavailable
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 needs_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="needs ../shared/weights")

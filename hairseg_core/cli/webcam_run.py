@@ -26,7 +26,7 @@ from hairseg_core.deploy.webcam import (
 )
 from hairseg_core.progress import progress_bar
 from hairseg_core.threads import configure_threads
-from hairseg_core.track.runs import TrackingUnavailable
+from hairseg_core.track.errors import TrackingUnavailable
 
 
 def main(args: argparse.Namespace) -> int:

@@ -34,6 +34,14 @@ from hairseg_core.data.errors import DataError
 from hairseg_core.data.node_cache import MappedSplit, build_or_open, estimate_stored_bytes
 from hairseg_core.data.remote import is_uri, stage_root
 from hairseg_core.data.synthetic import default_cache_root
+from hairseg_core.track.tags import (
+    TAG_DATA_CACHE_DIR,
+    TAG_DATA_DECODED_GIB,
+    TAG_DATA_INPUT,
+    TAG_DATA_INPUT_REQUESTED,
+    TAG_DATA_MEMORY_BUDGET_GIB,
+    TAG_DATA_STORE_SHORT_SIDE,
+)
 
 InputMode = Literal["memory", "stream"]
 
@@ -177,12 +185,12 @@ class InputPlan:
 
     def tags(self) -> dict[str, Any]:
         return {
-            "hairseg.data.input": self.mode,
-            "hairseg.data.input_requested": self.requested,
-            "hairseg.data.decoded_gib": round(self.decoded_bytes / 2**30, 3),
-            "hairseg.data.memory_budget_gib": round(self.budget_bytes / 2**30, 3),
-            "hairseg.data.cache_dir": self.cache_dir,
-            "hairseg.data.store_short_side": self.store_short_side,
+            TAG_DATA_INPUT: self.mode,
+            TAG_DATA_INPUT_REQUESTED: self.requested,
+            TAG_DATA_DECODED_GIB: round(self.decoded_bytes / 2**30, 3),
+            TAG_DATA_MEMORY_BUDGET_GIB: round(self.budget_bytes / 2**30, 3),
+            TAG_DATA_CACHE_DIR: self.cache_dir,
+            TAG_DATA_STORE_SHORT_SIDE: self.store_short_side,
         }
 
 

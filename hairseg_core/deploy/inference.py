@@ -27,7 +27,7 @@ input size, so one file serves both.
 file suffix (``.onnx``, ``.ts``, ``.pt`` / ``.pth`` / ``.ckpt`` of either checkpoint format) or, for a
 directory written by ``export.export_all``, from ``model.json`` (ONNX by default, the fastest on CPU); a
 training run directory holding ``checkpoint.pt`` runs eager. A ``models:/name@alias`` URI is resolved
-through ``hairseg_core.track.runs.resolve_model_uri`` first. :meth:`HairPredictor.from_model` wraps a network
+through ``hairseg_core.track.registry.resolve_model_uri`` first. :meth:`HairPredictor.from_model` wraps a network
 already in memory (evaluation during the final stage). What the files contain is defined in
 ``hairseg_core.artifact``.
 """
@@ -349,7 +349,7 @@ def _resolve(path_or_uri: str | Path) -> Path:
     text = str(path_or_uri)
     if text.startswith("models:/"):
         # Deferred: MLflow is a heavy import that plain files and export directories never need.
-        from hairseg_core.track.runs import resolve_model_uri
+        from hairseg_core.track.registry import resolve_model_uri
 
         return Path(resolve_model_uri(text))
     path = Path(path_or_uri).expanduser()

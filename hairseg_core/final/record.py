@@ -19,6 +19,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +81,6 @@ class FinalRecord:
 def pause_point(step: str) -> None:
     """The drills' kill point: sleep (for ever, until killed) after ``step`` when ``$HAIRSEG_FINAL_PAUSE_AFTER``
     names it. Unset in normal use: does nothing."""
-    import os
-    import sys
-    import time
-
     if os.environ.get(PAUSE_ENV) == step:
         print(f"{PAUSE_LINE} {step}", flush=True)
         sys.stdout.flush()

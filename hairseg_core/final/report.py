@@ -34,7 +34,30 @@ import numpy as np
 import yaml
 
 from hairseg_core.final import paper_tables as paper
-from hairseg_core.track.runs import TAG_KIND, TAG_SWEEP, Tracker, with_retries
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import (
+    TAG_BEST_RUN_ID,
+    TAG_CPU,
+    TAG_CPU_COUNT,
+    TAG_EARLY_STOPPED,
+    TAG_ERROR,
+    TAG_GIT_DIRTY,
+    TAG_GPU,
+    TAG_HOST,
+    TAG_KIND,
+    TAG_MLFLOW,
+    TAG_MODEL_VERSION,
+    TAG_OPTUNA,
+    TAG_PLATFORM,
+    TAG_PROMOTION_IMAGES,
+    TAG_PYTHON,
+    TAG_RAY,
+    TAG_SOURCE_GIT_COMMIT,
+    TAG_SWEEP,
+    TAG_TORCH,
+    TAG_TRIAL,
+)
 
 REPORT_FILE = "report.html"
 SECTIONS = {
@@ -177,18 +200,18 @@ def _table_artifact(path: Path) -> list[dict[str, Any]]:
 def machine_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """What the parent run records about the driver's machine and software (``environment_tags``)."""
     names = {
-        "hairseg.cpu": "CPU",
-        "hairseg.cpu_count": "logical cores",
-        "hairseg.gpu": "GPU",
-        "hairseg.host": "host",
-        "hairseg.platform": "platform",
-        "hairseg.python": "python",
-        "hairseg.torch": "torch",
-        "hairseg.ray": "ray",
-        "hairseg.mlflow": "mlflow",
-        "hairseg.optuna": "optuna",
-        "mlflow.source.git.commit": "git commit",
-        "hairseg.git_dirty": "uncommitted changes",
+        TAG_CPU: "CPU",
+        TAG_CPU_COUNT: "logical cores",
+        TAG_GPU: "GPU",
+        TAG_HOST: "host",
+        TAG_PLATFORM: "platform",
+        TAG_PYTHON: "python",
+        TAG_TORCH: "torch",
+        TAG_RAY: "ray",
+        TAG_MLFLOW: "mlflow",
+        TAG_OPTUNA: "optuna",
+        TAG_SOURCE_GIT_COMMIT: "git commit",
+        TAG_GIT_DIRTY: "uncommitted changes",
     }
     return {label: tags[key] for key, label in names.items() if key in tags}
 
@@ -204,7 +227,7 @@ def _finalize_run(tracker: Tracker, experiment_id: str, sweep: str) -> Any | Non
         ),
         "search finalize runs",
     )
-    real = [r for r in runs if "hairseg.model_version" in r.data.tags]
+    real = [r for r in runs if TAG_MODEL_VERSION in r.data.tags]
     return (real or runs or [None])[0]
 
 
@@ -244,17 +267,17 @@ def collect_sweep(tracker: Tracker, parent_run_id: str) -> SweepRecord:
             miou = curve if metric == "val_miou" else _history(tracker, run.info.run_id, "val_miou")
             trials.append(
                 TrialRecord(
-                    trial_id=run.data.tags.get("hairseg.trial_id", run.info.run_name),
+                    trial_id=run.data.tags.get(TAG_TRIAL, run.info.run_name),
                     run_id=run.info.run_id,
                     status=run.info.status,
                     params=params,
                     curve=curve,
                     val_miou=miou,
-                    early_stopped=run.data.tags.get("hairseg.early_stopped") == "True",
-                    error=run.data.tags.get("hairseg.error", ""),
+                    early_stopped=run.data.tags.get(TAG_EARLY_STOPPED) == "True",
+                    error=run.data.tags.get(TAG_ERROR, ""),
                 )
             )
-        best_run_id = parent.data.tags.get("hairseg.best_run_id")
+        best_run_id = parent.data.tags.get(TAG_BEST_RUN_ID)
         best_run = next((t for t in trials if t.run_id == best_run_id), None)
         train_settings = {}
         if best_run is not None:
@@ -277,14 +300,14 @@ def collect_sweep(tracker: Tracker, parent_run_id: str) -> SweepRecord:
             run_id = final.info.run_id
             final_artifacts = _artifact_paths(tracker, run_id, "table5")
             record.finalize_run_id = run_id
-            record.model_version = final.data.tags.get("hairseg.model_version")
+            record.model_version = final.data.tags.get(TAG_MODEL_VERSION)
             if "table5/postprocessing.json" in final_artifacts:
                 record.table5 = _table_artifact(_download(tracker, run_id, "table5/postprocessing.json", tmp))
             examples = sorted(p for p in final_artifacts if p.rsplit("/", 1)[-1].startswith("examples_"))
             record.examples = [_download(tracker, run_id, p, tmp).read_bytes() for p in examples]
             if "finalize.json" in {p for p in _artifact_paths(tracker, run_id) if "/" not in p}:
                 record.decision = json.loads(_download(tracker, run_id, "finalize.json", tmp).read_text())["decision"]
-            images = final.data.tags.get("hairseg.promotion.images")
+            images = final.data.tags.get(TAG_PROMOTION_IMAGES)
             record.test_images = int(images) if images else None
     return record
 

@@ -27,15 +27,11 @@ from hairseg_core.config import ConfigError, FinalizeSettings, SearchSpace, load
 from hairseg_core.final.record import FinalRecord, checkpoint_digest
 from hairseg_core.final.report import write_report
 from hairseg_core.threads import configure_threads
-from hairseg_core.track.runs import (
-    TAG_STORAGE,
-    Tracker,
-    TrackingUnavailable,
-    UnknownExperiment,
-    check_tracking,
-    resolve_tracking_uri,
-    with_retries,
-)
+from hairseg_core.track.client import check_tracking, resolve_tracking_uri
+from hairseg_core.track.errors import TrackingUnavailable, UnknownExperiment
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_BEST_CHECKPOINT, TAG_STORAGE, TAG_SWEEP
 
 
 class NoFinishedSweep(LookupError):
@@ -111,7 +107,7 @@ def report(tracker: Tracker, parent_run_id: str, export_dir: str | None = None) 
 
 def _parent_from_experiment(tracker: Tracker) -> Any:
     for run in tracker.latest_sweep_runs():
-        if "hairseg.best_checkpoint" in run.data.tags:
+        if TAG_BEST_CHECKPOINT in run.data.tags:
             return run
     raise NoFinishedSweep(f"experiment {tracker.experiment!r} has no sweep with a best trial yet")
 
@@ -167,7 +163,7 @@ def _sweep_run(tracker: Tracker, run_id: str) -> Any:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
             raise FinalStageInputError(f"--run-id {run_id}: no such MLflow run in {tracker.tracking_uri}") from None
         raise
-    if "hairseg.sweep" not in run.data.tags:
+    if TAG_SWEEP not in run.data.tags:
         raise FinalStageInputError(
             f"--run-id {run_id}: run {run.info.run_name!r} is not a hairseg sweep's parent run (no hairseg.sweep tag)"
         )
@@ -213,7 +209,7 @@ def _run_final_stage(request: FinalStageRequest) -> int:
             except NoFinishedSweep as exc:
                 print(exc, file=sys.stderr)
                 return 1
-        parent, sweep = run.info.run_id, run.data.tags["hairseg.sweep"]
+        parent, sweep = run.info.run_id, run.data.tags[TAG_SWEEP]
         folder = run.data.tags.get(TAG_STORAGE)  # the sweep's folder: its final-stage record
         if request.report_only:
             report(tracker, parent)

@@ -7,7 +7,8 @@ from typing import Any
 from ray.tune import Callback
 
 from hairseg_core.search.trial import TrackingSettings
-from hairseg_core.track.runs import TAG_TRIAL, Tracker
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_EARLY_STOPPED, TAG_EPOCHS_RUN, TAG_TRIAL
 
 
 class MlflowStatusCallback(Callback):
@@ -37,8 +38,8 @@ class MlflowStatusCallback(Callback):
         self.tracker.set_tags(
             run_id,
             {
-                "hairseg.epochs_run": epochs,
-                "hairseg.early_stopped": status == "FINISHED" and epochs < self.max_t,
+                TAG_EPOCHS_RUN: epochs,
+                TAG_EARLY_STOPPED: status == "FINISHED" and epochs < self.max_t,
             },
         )
         # The UI's table and bar charts show a metric's last value; a trial is ranked by its best epoch.

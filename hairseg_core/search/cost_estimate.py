@@ -42,6 +42,12 @@ from hairseg_core.search.gpu_plan import (
     trial_device,
     trial_shapes,
 )
+from hairseg_core.track.tags import (
+    TAG_ESTIMATE_BASIS,
+    TAG_ESTIMATE_CLUSTER_GPUS,
+    TAG_ESTIMATE_CPU_RUN,
+    TAG_ESTIMATE_RATES_GPU,
+)
 from hairseg_core.train.gpu_table import GpuTable, default_table
 
 #: A forward pass (validation, precise BN) costs about this fraction of a training step per image.
@@ -148,10 +154,10 @@ class CostEstimate:
 
     def tags(self) -> dict[str, str]:
         return {
-            "hairseg.estimate.cpu_run": str(self.cpu_run).lower(),
-            "hairseg.estimate.rates_gpu": self.rates_gpu or "none",
-            "hairseg.estimate.cluster_gpus": ", ".join(self.cluster_gpus) or "none",
-            "hairseg.estimate.basis": "\n".join(self.basis + self.notes)[:4900],
+            TAG_ESTIMATE_CPU_RUN: str(self.cpu_run).lower(),
+            TAG_ESTIMATE_RATES_GPU: self.rates_gpu or "none",
+            TAG_ESTIMATE_CLUSTER_GPUS: ", ".join(self.cluster_gpus) or "none",
+            TAG_ESTIMATE_BASIS: "\n".join(self.basis + self.notes)[:4900],
         }
 
     def text(self) -> str:

@@ -26,18 +26,12 @@ from hairseg_core.search import state
 from hairseg_core.search.cost_estimate import log_estimate, report_actual_cost
 from hairseg_core.search.overrides import parse_set
 from hairseg_core.search.preflight import PreflightError, check_ray_address, check_trial_inputs
-from hairseg_core.track.runs import (
-    TAG_STORAGE,
-    Tracker,
-    TrackingUnavailable,
-    check_tracking,
-    default_artifact_location,
-    existing_sweep_run,
-    log_sweep_summary,
-    resolve_tracking_uri,
-    ui_address,
-    view_url,
-)
+from hairseg_core.track.client import check_tracking, default_artifact_location, resolve_tracking_uri
+from hairseg_core.track.errors import TrackingUnavailable
+from hairseg_core.track.runs import Tracker, existing_sweep_run
+from hairseg_core.track.summary import log_sweep_summary
+from hairseg_core.track.tags import TAG_STORAGE
+from hairseg_core.track.view import ui_address, view_url
 from hairseg_core.train.trainer import TrialData
 
 

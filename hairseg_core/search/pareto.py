@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hairseg_core.text_table import format_table
+from hairseg_core.track.tags import TAG_PARETO_FRONT, TAG_SELECT_REASON, TAG_SELECT_RULE
 
 
 class ObjectiveLike(Protocol):
@@ -360,8 +361,8 @@ def log_front(
     fig = pareto_figure(points, objectives, front, selection, title=f"{describe_rule(rule, objectives)}: {outcome}")
     tracker.log_figure(run_id, fig, "pareto/front.png")
     plt.close(fig)
-    tags = {"hairseg.pareto_front": ",".join(p.trial_id for p in front)[:4000], "hairseg.select_rule": rule.rule}
+    tags = {TAG_PARETO_FRONT: ",".join(p.trial_id for p in front)[:4000], TAG_SELECT_RULE: rule.rule}
     if selection is not None:
-        tags["hairseg.select_reason"] = selection.reason[:4000]
+        tags[TAG_SELECT_REASON] = selection.reason[:4000]
     tracker.set_tags(run_id, tags)
     return rows

@@ -120,7 +120,7 @@ def check_trial_inputs(space: SearchSpace, finalize: bool = True) -> Prepared:
             raise PreflightError(f"\nerror: dataset {names}: {exc}") from exc
 
     if finalize and data is not None:  # same data for every trial: its test split is known now
-        from hairseg_core.final.stage import check_test_split  # deferred: the exporters and post-processing
+        from hairseg_core.final.test_split import check_test_split  # deferred: the exporters and post-processing
 
         split = space.finalize.test_split
         try:

@@ -17,7 +17,9 @@ from hairseg_core.search.pareto import Selection, describe_rule, format_front, l
 from hairseg_core.search.results import FRONT_EXTRA_METRICS, BestTrial, latency_machines, sweep_front
 from hairseg_core.search.state import resume_command
 from hairseg_core.text_table import format_table
-from hairseg_core.track.runs import Tracker, ui_command
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import TAG_LATENCY_MACHINES
+from hairseg_core.track.view import ui_command
 
 
 def resume_hint(name: str, storage: str, address: str | None = None, tracking_uri: str | None = None) -> str:
@@ -54,7 +56,7 @@ def report_front(results: tune.ResultGrid, space: SearchSpace, tracker: Tracker,
         extra=FRONT_EXTRA_METRICS,
     )
     if machines:
-        tracker.set_tags(parent, {"hairseg.latency_machines": json.dumps(machines)})
+        tracker.set_tags(parent, {TAG_LATENCY_MACHINES: json.dumps(machines)})
     if len(space.objectives) > 1:  # one objective: the front is just the best trial(s), logged only
         print()
         print(format_front(rows, space.objectives, describe_rule(space.select, space.objectives)))

@@ -32,7 +32,23 @@ from hairseg_core.search.space import sampled_settings
 from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.search.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
-from hairseg_core.track.runs import Tracker, apply_tracking_credentials, start_system_metrics, with_retries
+from hairseg_core.track.client import apply_tracking_credentials
+from hairseg_core.track.retry import with_retries
+from hairseg_core.track.runs import Tracker
+from hairseg_core.track.tags import (
+    TAG_EPOCHS_RUN,
+    TAG_ERROR,
+    TAG_LATENCY_INPUT_SIZE,
+    TAG_LATENCY_MACHINE,
+    TAG_LATENCY_PREFIX,
+    TAG_LATENCY_REPEATS,
+    TAG_LATENCY_THREADS,
+    TAG_NODE_ID,
+    TAG_NODE_IP,
+    TAG_RESTORED_FROM_EPOCH,
+    TAG_RETRIED,
+)
+from hairseg_core.track.trials import start_system_metrics
 from hairseg_core.train.gpu_settings import SettingsCache, resolve_gpu_settings
 from hairseg_core.train.trainer import Trainer, TrialData, load_trial_data, resolve_device
 from hairseg_core.visualize import prediction_panel, stack_rows
@@ -121,7 +137,7 @@ def _record_error(tracking: TrackingSettings, trial_id: str, error: BaseExceptio
         run_id = tracker.start_trial(
             tracking.sweep, tracking.parent_run_id, trial_id, tune.get_context().get_trial_name(), params={}
         )
-    tracker.set_tags(run_id, {"hairseg.error": str(error)[:4000], "hairseg.retried": False})
+    tracker.set_tags(run_id, {TAG_ERROR: str(error)[:4000], TAG_RETRIED: False})
 
 
 def _train_trial(
@@ -198,9 +214,9 @@ def _train_trial(
     tracker.set_tags(
         run_id,
         {
-            "hairseg.node_id": ray.get_runtime_context().get_node_id(),
-            "hairseg.node_ip": ray.util.get_node_ip_address(),
-            "hairseg.restored_from_epoch": trainer.epoch,
+            TAG_NODE_ID: ray.get_runtime_context().get_node_id(),
+            TAG_NODE_IP: ray.util.get_node_ip_address(),
+            TAG_RESTORED_FROM_EPOCH: trainer.epoch,
             **trainer.gpu_settings.tags(),  # AMP / channels-last / cudnn benchmark used, and why
         },
     )
@@ -235,7 +251,7 @@ run_trial.__mixins__ = (RestoreFromSurvivingCheckpoint,)  # type: ignore[attr-de
 def _epochs_if_ended(tracker: Tracker, run_id: str) -> int | None:
     """Epochs of a trial whose run the driver already closed as FINISHED, else None."""
     run = with_retries(lambda: tracker.client.get_run(run_id), "get trial run")
-    epochs = run.data.tags.get("hairseg.epochs_run")
+    epochs = run.data.tags.get(TAG_EPOCHS_RUN)
     if run.info.status != "FINISHED" or epochs is None:
         return None
     return int(epochs)
@@ -310,11 +326,11 @@ LATENCY_MACHINE_KEY = "latency_machine"
 
 def _cost_tags(cost: ModelCost) -> dict[str, Any]:
     return {
-        "hairseg.latency_machine": describe_machine(cost.machine),
-        "hairseg.latency_input_size": cost.input_size,
-        "hairseg.latency_threads": cost.threads,
-        "hairseg.latency_repeats": cost.repeats,
-        **{f"hairseg.latency_{k}": v for k, v in cost.machine.items() if k not in {"threads"}},
+        TAG_LATENCY_MACHINE: describe_machine(cost.machine),
+        TAG_LATENCY_INPUT_SIZE: cost.input_size,
+        TAG_LATENCY_THREADS: cost.threads,
+        TAG_LATENCY_REPEATS: cost.repeats,
+        **{f"{TAG_LATENCY_PREFIX}{k}": v for k, v in cost.machine.items() if k not in {"threads"}},
     }
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from hairseg_core.config import ConfigError
 from hairseg_core.data.errors import DataError
 from hairseg_core.models.weights import WeightsMismatchError, WeightsNotFoundError
-from hairseg_core.track.runs import PERMANENT_ERRORS, TrackingUnavailable
+from hairseg_core.track.errors import PERMANENT_ERRORS, TrackingUnavailable
 
 #: Errors that a new attempt (possibly on another node, after a server came back) can fix.
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (

@@ -16,7 +16,7 @@ from hairseg_core.search.space import build_scheduler, build_searcher
 from hairseg_core.search.state import sweep_dir
 from hairseg_core.search.trial import LatencySettings, TrackingSettings, run_trial
 from hairseg_core.search.weights import WeightsFiles
-from hairseg_core.track.runs import tracking_credentials
+from hairseg_core.track.client import tracking_credentials
 from hairseg_core.train.trainer import TrialData
 
 #: The sweep's GPU-settings choices (``auto`` AMP / channels-last / cudnn benchmark), beside Tune's state: one

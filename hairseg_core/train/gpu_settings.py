@@ -31,6 +31,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hairseg_core.track.tags import (
+    TAG_GPU_KNOB_PREFIX,
+    TAG_GPU_PROBE_IMAGES_PER_S,
+    TAG_GPU_PROBE_SECONDS,
+    TAG_GPU_SETTINGS_KEY,
+    TAG_GPU_SETTINGS_SOURCE,
+    TAG_TRAIN_DEVICE,
+)
+
 logger = logging.getLogger(__name__)
 
 #: The settings ``auto`` applies to, in the order combinations are named and tried.
@@ -124,16 +133,16 @@ class GpuSettings:
 
     def tags(self) -> dict[str, str]:
         """MLflow tags of a trial run: what it trained with and why."""
-        tags = {f"hairseg.{k}": str(getattr(self, k)).lower() for k in KNOBS}
-        tags["hairseg.gpu_settings_source"] = self.source
-        tags["hairseg.train_device"] = self.device
+        tags = {f"{TAG_GPU_KNOB_PREFIX}{k}": str(getattr(self, k)).lower() for k in KNOBS}
+        tags[TAG_GPU_SETTINGS_SOURCE] = self.source
+        tags[TAG_TRAIN_DEVICE] = self.device
         if self.key:
-            tags["hairseg.gpu_settings_key"] = self.key
+            tags[TAG_GPU_SETTINGS_KEY] = self.key
         if self.probe_seconds is not None:
-            tags["hairseg.gpu_probe_seconds"] = f"{self.probe_seconds:.1f}"
+            tags[TAG_GPU_PROBE_SECONDS] = f"{self.probe_seconds:.1f}"
         if self.images_per_s:
             rates = {k: None if v is None else round(v, 1) for k, v in self.images_per_s.items()}
-            tags["hairseg.gpu_probe_images_per_s"] = json.dumps(rates, sort_keys=True)
+            tags[TAG_GPU_PROBE_IMAGES_PER_S] = json.dumps(rates, sort_keys=True)
         return tags
 
 

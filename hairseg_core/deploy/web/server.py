@@ -69,7 +69,7 @@ def resolve_web_model(spec: str | Path) -> WebModel:
     URI. Raises ``FileNotFoundError`` / ``ValueError`` with the reason."""
     text = str(spec)
     if text.startswith("models:/"):
-        from hairseg_core.track.runs import resolve_model_uri  # deferred: MLflow is a heavy import
+        from hairseg_core.track.registry import resolve_model_uri  # deferred: MLflow is a heavy import
 
         path = Path(resolve_model_uri(text))
     else:
