@@ -16,13 +16,13 @@ def positive_int(text: str) -> int:
 
 
 def add_threads(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--threads N`` (default: the CPUs this process may use; README, Threads)."""
+    """``--threads N`` (default: the CPUs this process may use; docs/threads-and-gpu.md)."""
     p.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
         help=f"torch / OpenCV / ONNX Runtime threads (default: the CPUs this process may use, here "
-        f"{available_cpus()}); never more than the cores you have (README, Threads)",
+        f"{available_cpus()}); never more than the cores you have (docs/threads-and-gpu.md)",
     )
 
 

@@ -43,9 +43,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = websub.add_parser("serve", help="serve the hair-colouring page for an export (no frame leaves the browser)")
     s.add_argument("--model", required=True, help="export dir, .onnx file or models:/hairseg@champion")
     add_web_arguments(s)
-    websub.add_parser("fetch", help="download the pinned WebGPU build of onnxruntime-web (sha512-checked) once")
+    fetch = websub.add_parser("fetch", help="download the pinned WebGPU build of onnxruntime-web (sha512-checked) once")
+    fetch.add_argument("--force", action="store_true", help="download again even if the cache holds it")
+    refresh = websub.add_parser("refresh", help="re-vendor another onnxruntime-web release; prints the new pins")
+    refresh.add_argument("version", help="onnxruntime-web version on the npm registry, e.g. 1.31.1")
     websub.add_parser("verify", help="check the vendored WASM build and the WebGPU cache against their pins")
     p.set_defaults(func=cmd_web)
+
+
+def _web_files(args: argparse.Namespace) -> int:
+    """``hairseg web fetch|refresh|verify``: the ONNX Runtime Web files of the page."""
+    import json
+
+    from hairseg_core.deploy.web import ortweb
+
+    try:
+        if args.web_cmd == "fetch":
+            print(f"WebGPU build of onnxruntime-web {ortweb.ORT_WEB_VERSION}: {ortweb.fetch_webgpu(args.force)}")
+        elif args.web_cmd == "refresh":
+            print(json.dumps(ortweb.refresh_vendor(args.version), indent=2))
+            print("paste these pins into hairseg_core/deploy/web/ortweb.py", file=sys.stderr)
+        else:
+            ortweb.vendored_dir()
+            cached = ortweb.webgpu_dir()
+            print(f"vendored WASM build {ortweb.ORT_WEB_VERSION}: ok ({ortweb.VENDOR_DIR})")
+            print(f"WebGPU build: {cached if cached else 'not fetched (hairseg web fetch)'}")
+    except ortweb.OrtWebError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_tracking_server(args: argparse.Namespace) -> int:
@@ -78,7 +104,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from hairseg_core.deploy.web import ortweb
 
     if args.web_cmd != "serve":
-        return ortweb.main([args.web_cmd])
+        return _web_files(args)
     from hairseg_core.deploy.web.server import serve_forever
 
     try:

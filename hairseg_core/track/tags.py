@@ -14,7 +14,7 @@ TAG_SWEEP = "hairseg.sweep"
 TAG_KIND = "hairseg.kind"
 #: The Tune trial id of a trial run; with ``hairseg.sweep`` it finds the trial's run again.
 TAG_TRIAL = "hairseg.trial_id"
-#: The sweep run a trial run belongs to. Trial runs are top-level runs (see README "MLflow UI"): MLflow's
+#: The sweep run a trial run belongs to. Trial runs are top-level runs (see docs/tracking.md): MLflow's
 #: runs table folds nested runs under a collapsed parent row and no saved view can unfold it.
 TAG_PARENT = "hairseg.parent_run_id"
 #: On a sweep's parent run: the sweep's folder in Tune's storage (its manifest, lease and final-stage record).

@@ -14,20 +14,18 @@ Why two ways, decided per build by size and by what must work offline:
   (``$HAIRSEG_CACHE`` or ``~/.cache/hairseg/onnxruntime-web-<version>``). Without them the page says WebGPU is
   not installed and runs on WebAssembly.
 
-``python -m hairseg_core.deploy.web.ortweb refresh VERSION`` re-vendors another release (prints the new pins to paste
+``hairseg web refresh VERSION`` re-vendors another release (prints the new pins to paste
 here). Licence: ONNX Runtime is MIT (``vendor/onnxruntime-web/LICENSE``; ``ThirdPartyNotices.txt`` lists the
 bundled third-party code; both copied from the ONNX Runtime distribution).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io
 import json
 import os
-import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -83,7 +81,7 @@ def vendored_dir() -> Path:
     if problems:
         raise OrtWebError(
             "the vendored ONNX Runtime Web build is damaged (reinstall hairseg, or "
-            "`python -m hairseg_core.deploy.web.ortweb refresh`): " + "; ".join(problems)
+            "`hairseg web refresh VERSION`): " + "; ".join(problems)
         )
     return VENDOR_DIR
 
@@ -175,33 +173,3 @@ def refresh_vendor(version: str) -> dict[str, object]:
         "WASM_FILES": {name: _sha256(VENDOR_DIR / name) for name in WASM_FILES},
         "WEBGPU_FILES": {name: _sha256(scratch / name) for name in WEBGPU_FILES},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="ONNX Runtime Web files of the browser page")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="download the pinned WebGPU build into the user cache (sha512-checked)")
-    fetch.add_argument("--force", action="store_true")
-    refresh = sub.add_parser("refresh", help="re-vendor another onnxruntime-web release; prints the new pins")
-    refresh.add_argument("version")
-    sub.add_parser("verify", help="check the vendored files and the cache against the pins")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            print(f"WebGPU build of onnxruntime-web {ORT_WEB_VERSION}: {fetch_webgpu(args.force)}")
-        elif args.command == "refresh":
-            print(json.dumps(refresh_vendor(args.version), indent=2))
-            print("paste these pins into hairseg_core/deploy/web/ortweb.py", file=sys.stderr)
-        else:
-            vendored_dir()
-            cached = webgpu_dir()
-            print(f"vendored WASM build {ORT_WEB_VERSION}: ok ({VENDOR_DIR})")
-            print(f"WebGPU build: {cached if cached else 'not fetched (hairseg web fetch)'}")
-    except OrtWebError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
