@@ -3,8 +3,8 @@
 Everything that must mean the same thing for the trainer, the exporter, the inference back-ends, the
 evaluation and the MLflow registry is defined here and only here:
 
-* the ImageNet normalisation (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD` and :class:`Normalizer`, the one
-  implementation of ``(pixel / 255 - mean) / std``), which the pretrained backbones were trained with;
+* the input convention of every model (``model.json``'s normalisation is ``hairseg_core.imagenet``'s
+  :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`, applied by its :class:`Normalizer`);
 * the two checkpoint formats, under distinct names: :data:`TRAINING_CHECKPOINT_FORMAT` (the trainer's
   resumable state, ``checkpoint.pt``) and :data:`EXPORT_CHECKPOINT_FORMAT` (``export_all``'s ``model.pt``:
   weights, model config and trained scale only);
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hairseg_core.imagenet import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from hairseg_core.scaling import attach_train_scale, check_scale, inference_scale
 from hairseg_core.threads import ort_thread_options
 
 # --------------------------------------------------------------------------------------------- constants
 
-#: ImageNet statistics (RGB, on pixel / 255): every pretrained backbone expects inputs normalised by them.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CLASS_NAMES: tuple[str, ...] = ("background", "hair")
 
 #: ``format`` of the trainer's checkpoint (model, optimiser, schedule, RNG, history: resumable).
@@ -83,34 +81,6 @@ class MetadataError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- normaliser
-
-
-class Normalizer:
-    """``(pixel / 255 - mean) / std`` per RGB channel, computed as one multiply-add (``pixel * scale + bias``).
-
-    The single normaliser of the package: the export parity check, the letterbox preprocessing of the
-    webcam app and the short-side evaluation path all go through it, so a model is always fed what it
-    was trained on (training uses albumentations' ``Normalize`` with the same constants).
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        std_arr = np.asarray(std, np.float32)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-        self.scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
-        self.bias = (-np.asarray(mean, np.float32) / std_arr).astype(np.float32)
-
-    def hwc(self, image_rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB → HxWx3 float32 normalised (no layout change)."""
-        return image_rgb.astype(np.float32) * self.scale + self.bias
-
-    def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Equal-sized HxWx3 uint8 RGB images → an NCHW float32 batch."""
-        batch = np.stack([self.hwc(img) for img in images])
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
-IMAGENET = Normalizer()
 
 
 def normalize_image(image_rgb: np.ndarray) -> torch.Tensor:

@@ -273,8 +273,9 @@ def _prepare_celebamask_hq(args: argparse.Namespace) -> int:
 
 def cmd_weights(args: argparse.Namespace) -> int:
     # deferred: hairseg_core.models imports torch
-    from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights, imagenet_backbones
+    from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights
     from hairseg_core.models.weights import WeightsNotFoundError  # deferred: hairseg_core.models imports torch
+    from hairseg_core.search.weights import imagenet_backbones
 
     if args.weights_cmd == "list":
         from hairseg_core.models.backbones import PRETRAINED_SOURCES  # deferred: imports torch

@@ -14,6 +14,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The registries a name in a config is checked against. Imported at module level: every TrainConfig or
+# SearchSpace validates its names on construction, so deferring these imports would only move their cost
+# to the first validation (none of these packages imports this module: the import graph stays a DAG).
+from hairseg_core.data.datasets import DATASETS
+from hairseg_core.models.backbones import BACKBONES
+from hairseg_core.postprocess.pipeline import build_table5_variants
+
 #: Metrics every trial reports (see ``hairseg_core.train.trainer``); a search space may optimise any.
 REPORTED_METRICS = (
     "val_miou",
@@ -71,8 +78,6 @@ class DataSource(_Strict):
 
 
 def _check_dataset_name(value: str) -> str:
-    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
-
     if value not in DATASETS:
         raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
     return value
@@ -80,8 +85,6 @@ def _check_dataset_name(value: str) -> str:
 
 def _check_dataset_options(dataset: str, options: dict[str, Any], where: str = "dataset_options") -> None:
     """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
-    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
-
     params = inspect.signature(DATASETS.get(dataset)).parameters.values()
     allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
     unknown = sorted(set(options) - allowed)
@@ -160,8 +163,6 @@ class TrainConfig(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from hairseg_core.models import BACKBONES  # deferred: the model zoo imports torch; config stays light
-
         if value not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; expected one of {BACKBONES.names()}")
         return value
@@ -426,8 +427,6 @@ class FinalizeSettings(_Strict):
     @model_validator(mode="after")
     def _postprocessors_build(self) -> FinalizeSettings:
         """A bad CRF or matting setting would only surface after the whole sweep has trained."""
-        from hairseg_core.postprocess.pipeline import build_table5_variants  # deferred: cv2, pydensecrf, pymatting
-
         try:
             build_table5_variants(self.crf, self.matting)
         except (TypeError, ValueError, KeyError) as exc:

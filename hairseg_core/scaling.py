@@ -9,7 +9,7 @@ image's own H x W, so metrics are still computed on the full-resolution mask.
 
 This module is the one place that knows the rule. It depends on numpy and OpenCV only (no torch, no
 other ``hairseg_core`` module), so every other module, ``hairseg_core.artifact`` included, can import it.
-It does not normalise pixels itself: the caller passes the model's normaliser (``artifact.Normalizer``).
+It does not normalise pixels itself: the caller passes the model's normaliser (``hairseg_core.imagenet.Normalizer``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from hairseg_core.artifact import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the model artifact's)
+from hairseg_core.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
 
