@@ -59,8 +59,10 @@ from hairseg_core.artifact import (
 )
 from hairseg_core.builders import Registry
 from hairseg_core.scaling import (
+    DEFAULT_SIZE,
     ScaleArg,
     check_scales,
+    deploy_input_size,
     describe_scale,
     model_train_scale,
     resolve_scale,
@@ -68,7 +70,7 @@ from hairseg_core.scaling import (
 )
 
 #: Input size assumed for a bare ``.pt`` checkpoint without ``model.json`` or a trained scale.
-DEFAULT_INPUT_SIZE = 257
+DEFAULT_INPUT_SIZE = DEFAULT_SIZE
 
 #: ``scale=`` of :class:`HairPredictor` for the app's fixed-size letterbox canvas (see the module docstring).
 LETTERBOX = "letterbox"
@@ -377,7 +379,7 @@ def _metadata_for_file(path: Path, input_size: int | None, runner: Runner) -> Mo
     if isinstance(runner, EagerRunner):  # either checkpoint format: export_all's model.pt or a training one
         config = dict(runner.checkpoint.get("model_config", {}))
         train_scale = checkpoint_train_scale(runner.checkpoint)
-    size = input_size or train_scale or DEFAULT_INPUT_SIZE
+    size = deploy_input_size(input_size, train_scale) or DEFAULT_INPUT_SIZE
     return ModelMetadata(input_size=int(size), model_config=config, train_scale=train_scale)
 
 

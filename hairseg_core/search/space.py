@@ -15,11 +15,7 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from hairseg_core.config import ParamSpec, SearchSpace
-
-#: Optuna names a backbone-dependent choice ``batch_size@resnet101``: a categorical's choices
-#: may not change between trials under one name, so each parent value gets its own name.
-BY_SEPARATOR = "@"
+from hairseg_core.config import BY_SEPARATOR, ParamSpec, SearchSpace
 
 
 def _condition_holds(when: Mapping[str, Any] | None, sampled: Mapping[str, Any]) -> bool:
@@ -89,11 +85,6 @@ class SpaceSampler:
             elif spec.by is None:
                 out[key] = _distribution(spec)
         return out
-
-
-def sampled_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tune trial config without Optuna's internal ``name@parent`` keys."""
-    return {k: v for k, v in config.items() if BY_SEPARATOR not in k}
 
 
 class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):

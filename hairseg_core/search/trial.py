@@ -23,12 +23,12 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from hairseg_core.artifact import CHECKPOINT_FILE
-from hairseg_core.config import DataSettings, SearchSpace, TrainConfig
+from hairseg_core.config import DataSettings, SearchSpace, TrainConfig, sampled_settings, trial_config
 from hairseg_core.data.fingerprint import fingerprint_config
 from hairseg_core.deploy.latency import MIN_REPEATS, ModelCost, describe_machine, measure_model_cost
+from hairseg_core.scaling import deploy_input_size, inference_scale
 from hairseg_core.search.checkpoints import RestoreFromSurvivingCheckpoint
 from hairseg_core.search.fail_once import fail_once
-from hairseg_core.search.space import sampled_settings
 from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.search.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
@@ -65,7 +65,7 @@ class LatencySettings:
         return cls(settings.export_size, settings.latency_threads, settings.latency_repeats)
 
     def input_size(self, cfg: TrainConfig) -> int:
-        return int(self.export_size or cfg.base_size)
+        return int(deploy_input_size(self.export_size, inference_scale(cfg)))  # type: ignore[arg-type]
 
 
 def _trial_resources() -> int:
@@ -135,7 +135,7 @@ def _train_trial(
     data_settings: DataSettings | None = None,
 ) -> None:
     sampled = sampled_settings(config)
-    cfg = TrainConfig(**{**fixed, **sampled})
+    cfg = trial_config(fixed, sampled)
     cpus = configure_threads(_trial_resources())  # torch, OpenCV, OMP: the CPUs Ray gave the trial
     # The driver resolved every pretrained file before Ray started: a trial never downloads.
     os.environ["HAIRSEG_OFFLINE"] = "1"
