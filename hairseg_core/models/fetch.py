@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,24 @@ def ensure_imagenet_weights(
         candidates = _candidates(source, mirror_url)
     except ValueError as exc:
         raise failure(str(exc)) from exc
+    return _download_first(backbone, source, candidates, failure, progress=progress, timeout=timeout, retries=retries)
+
+
+def _download_first(
+    backbone: str,
+    source: PretrainedSource,
+    candidates: list[tuple[str, str]],
+    failure: Callable[[str], WeightsFetchError],
+    *,
+    progress: bool,
+    timeout: float,
+    retries: int,
+) -> Path:
+    """Download the first candidate (file name, URL) the server holds into the torch hub cache, verified.
+
+    A 404 moves on to the next accepted name (a mirror may hold another recipe); any other failure, a hash
+    mismatch or a file that is not a state dict raises ``failure(reason)`` and leaves nothing behind.
+    """
     policy = RetryPolicy(attempts=max(int(retries), 1))
     missing: list[str] = []
     for name, url in candidates:
