@@ -14,8 +14,8 @@ from hairseg_core.artifact import (
     MetadataError,
     ModelMetadata,
     ProbabilityModel,
+    load_model,
     normalize_image,
-    onnx_session,
     read_metadata,
 )
 from hairseg_core.builders import UnknownNameError
@@ -117,7 +117,7 @@ def test_parity_check_detects_a_different_model(model: nn.Module, exported: dict
 
 
 def test_onnx_runs_at_dynamic_batch_and_size(exported: dict) -> None:
-    session = onnx_session(exported["onnx"])
+    session = load_model(exported["onnx"])  # the .onnx suffix: an onnxruntime session
     name = session.get_inputs()[0].name
     assert [isinstance(d, str) for d in session.get_inputs()[0].shape] == [True, False, True, True]
     for batch, height, width in [(1, 224, 224), (3, 257, 257), (2, 193, 241)]:

@@ -46,10 +46,9 @@ from hairseg_core.artifact import (
     EXPORT_CHECKPOINT_FORMAT,
     ModelMetadata,
     ProbabilityModel,
-    load_torchscript,
+    load_model,
     model_config_of,
     normalize_image,
-    onnx_session,
     synthetic_portrait,
 )
 from hairseg_core.deploy.inference import BACKENDS
@@ -134,7 +133,7 @@ def _verify_onnx_dynamic(path: Path, wrapped: nn.Module) -> None:
     This guards the dynamic axes: a baked-in shape fails to run or is off by O(0.1). The tolerance is
     therefore 10x looser than :func:`parity_check`'s, which is the strict numerical check on a real image.
     """
-    session = onnx_session(path)
+    session = load_model(path, "onnx")
     name = session.get_inputs()[0].name
     for batch, size in ((1, 224), (3, DEFAULT_SIZE)):
         x = torch.cat([normalize_image(synthetic_portrait(size, size, seed=b)) for b in range(batch)])
@@ -229,11 +228,11 @@ def export_onnx(
 
 def _exported_probs(path: Path, x: torch.Tensor) -> np.ndarray:
     if path.suffix == ".onnx":
-        session = onnx_session(path)
+        session = load_model(path, "onnx")
         return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     if path.suffix == ".ts":
         with torch.no_grad():
-            return load_torchscript(path)(x).numpy()
+            return load_model(path, "torchscript")(x).numpy()
     raise ValueError(f"{path}: parity_check knows .onnx and .ts files, not {path.suffix!r}")
 
 
@@ -342,7 +341,7 @@ def export_all(
 ) -> dict[str, Any]:
     """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
 
-    ``train_scale`` (default: the scale attached to ``model`` by ``artifact.load_trained_model``) is recorded
+    ``train_scale`` (default: the scale attached to ``model`` by ``artifact.load_model``) is recorded
     in ``model.json`` and ``model.pt``; ``input_size``, the webcam app's letterbox canvas, defaults to it,
     because the network is only accurate at the object scale it was trained at. ``sample_image`` (HxWx3
     uint8 RGB, ideally a real photo) is used for the parity check at its own resolution; without one a

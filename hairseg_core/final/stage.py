@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hairseg_core.artifact import load_trained_model
+from hairseg_core.artifact import load_model
 from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
 from hairseg_core.data.input_path import source_dataset
 from hairseg_core.data.splits import LazySplit, RawSplit, sample_dicts
@@ -269,7 +269,8 @@ def finalize(
         if found is not None:
             return _after_registration(str(found), record, settings, tracker, sweep, digest)
 
-    model, scale = load_trained_model(checkpoint_path)
+    model = load_model(checkpoint_path, "eager")
+    scale = model_train_scale(model)
     primary = test_sources(train_config)[0]
     test = load_test_split(train_config, settings.test_split, settings.max_test_images, primary)
     print(

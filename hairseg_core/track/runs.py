@@ -875,7 +875,7 @@ class Tracker:
         their export folder: their pickle is never loaded.
         """
         # Deferred: the artifact layer imports torch, which most tracking calls (and Ray's driver) never need.
-        from hairseg_core.artifact import DEFAULT_FILES, load_checkpoint_model
+        from hairseg_core.artifact import DEFAULT_FILES, load_model
 
         name = DEFAULT_FILES["checkpoint"]
         with tempfile.TemporaryDirectory(prefix="hairseg-model-") as tmp:
@@ -892,8 +892,7 @@ class Tracker:
                 )
             except (MlflowException, TrackingUnavailable, OSError):
                 checkpoint = resolve_model_uri(model_uri, self.tracking_uri) / name  # an older, pickled version
-            model, _ = load_checkpoint_model(checkpoint)  # eval mode, its train_scale attached
-        return model
+            return load_model(checkpoint, "eager")  # eval mode, its train_scale attached
 
     def register_model(self, run_id: str, export_dir: str | Path, name: str, tags: Mapping[str, Any]) -> str:
         """Log ``export_all``'s ONNX model to ``run_id`` with MLflow's ONNX flavor, register it; returns the version.
