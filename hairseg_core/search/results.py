@@ -37,6 +37,16 @@ class BestTrial:
     def config(self) -> dict[str, Any]:
         return self.train_config.model_dump()
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plain record written as ``best_trial.json`` (``config`` as a dict; the same keys as ever)."""
+        return {
+            "trial_id": self.trial_id,
+            "config": self.config,
+            "metrics": dict(self.metrics),
+            "checkpoint_path": self.checkpoint_path,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
 
 @dataclass(frozen=True)
 class SweepProgress:

@@ -30,7 +30,6 @@ import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -1147,7 +1146,7 @@ def log_sweep_summary(
 
     if rows:
         tracker.log_table(parent_run_id, rows, "results/trials.json")
-    tracker.log_dict(parent_run_id, asdict(best), "best_trial.json")
+    tracker.log_dict(parent_run_id, best.to_dict(), "best_trial.json")
     tracker.set_tags(
         parent_run_id,
         {
