@@ -48,7 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hairseg_core.artifact import ModelMetadata, load_checkpoint_model, normalize_image, read_metadata  # noqa: E402
+from hairseg_core.artifact import ModelMetadata, load_model, normalize_image, read_checkpoint, read_metadata  # noqa: E402
 from hairseg_core.deploy.coloring import recolor  # noqa: E402
 from hairseg_core.deploy.inference import BACKENDS, HairPredictor, OnnxRunner, Preprocessor, unletterbox  # noqa: E402
 from hairseg_core.deploy.latency import LatencyStats, interleaved_times, latency_stats  # noqa: E402
@@ -464,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {},
     }
     with tempfile.TemporaryDirectory(prefix="webcam_fps_") as tmp:
-        trained, state = load_checkpoint_model(args.checkpoint) if args.checkpoint is not None else (None, {})
+        trained = load_model(args.checkpoint, "eager") if args.checkpoint is not None else None
+        state = read_checkpoint(args.checkpoint) if args.checkpoint is not None else {}
         train_config = state.get("train_config") or {}
         if trained is not None and args.recalibrate_bn is not None:
             size = effective_eval_size(train_config) if train_config else args.sizes[0]  # as the trainer's precise BN

@@ -3,28 +3,28 @@
 Everything that must mean the same thing for the trainer, the exporter, the inference back-ends, the
 evaluation and the MLflow registry is defined here and only here:
 
-* the ImageNet normalisation (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD` and :class:`Normalizer`, the one
-  implementation of ``(pixel / 255 - mean) / std``), which the pretrained backbones were trained with;
+* the input convention of every model (``model.json``'s normalisation is ``hairseg_core.imagenet``'s
+  :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`, applied by its :class:`Normalizer`);
 * the two checkpoint formats, under distinct names: :data:`TRAINING_CHECKPOINT_FORMAT` (the trainer's
   resumable state, ``checkpoint.pt``) and :data:`EXPORT_CHECKPOINT_FORMAT` (``export_all``'s ``model.pt``:
   weights, model config and trained scale only);
 * ``model.json`` (:class:`ModelMetadata`: the schema, its validation and :func:`read_metadata`) and the
   file names of an export directory (:data:`DEFAULT_FILES`);
 * :class:`ProbabilityModel`, the softmax-inside graph every exported file holds;
-* the loaders: :func:`load_checkpoint` (training format, strict), :func:`load_checkpoint_model` (either
-  format → network), :func:`load_trained_model`, :func:`load_torchscript`, :func:`onnx_session`.
+* :func:`load_model`, the one loader: a checkpoint's training state, its eager network (trained scale
+  attached), a TorchScript module or an ONNX Runtime session, from a file, an export or a run directory.
 
 Writers live in ``hairseg_core.final.export`` (and the trainer's ``save_checkpoint``), the back-ends and the one
 ``load_predictor`` (file, export directory or ``models:/`` URI → predictor) in ``hairseg_core.deploy.inference``.
-This module imports no other ``hairseg_core`` module except ``scaling`` (numpy / OpenCV only), so every
-layer above can import it without an import circle.
+This module imports the leaves ``imagenet``, ``scaling`` and ``threads`` and the model zoo
+(``hairseg_core.models``, to rebuild a network), none of which imports it back.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from hairseg_core.imagenet import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from hairseg_core.models import build_model
 from hairseg_core.scaling import attach_train_scale, check_scale, inference_scale
 from hairseg_core.threads import ort_thread_options
 
 # --------------------------------------------------------------------------------------------- constants
 
-#: ImageNet statistics (RGB, on pixel / 255): every pretrained backbone expects inputs normalised by them.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CLASS_NAMES: tuple[str, ...] = ("background", "hair")
 
 #: ``format`` of the trainer's checkpoint (model, optimiser, schedule, RNG, history: resumable).
@@ -85,34 +84,6 @@ class MetadataError(ValueError):
 # ------------------------------------------------------------------------------------------- normaliser
 
 
-class Normalizer:
-    """``(pixel / 255 - mean) / std`` per RGB channel, computed as one multiply-add (``pixel * scale + bias``).
-
-    The single normaliser of the package: the export parity check, the letterbox preprocessing of the
-    webcam app and the short-side evaluation path all go through it, so a model is always fed what it
-    was trained on (training uses albumentations' ``Normalize`` with the same constants).
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        std_arr = np.asarray(std, np.float32)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-        self.scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
-        self.bias = (-np.asarray(mean, np.float32) / std_arr).astype(np.float32)
-
-    def hwc(self, image_rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB → HxWx3 float32 normalised (no layout change)."""
-        return image_rgb.astype(np.float32) * self.scale + self.bias
-
-    def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Equal-sized HxWx3 uint8 RGB images → an NCHW float32 batch."""
-        batch = np.stack([self.hwc(img) for img in images])
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
-IMAGENET = Normalizer()
-
-
 def normalize_image(image_rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 RGB → ``[1, 3, H, W]`` float32 ImageNet-normalised tensor (no resizing)."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -149,7 +120,8 @@ def model_config_of(model: nn.Module) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` (no code from the pickle runs), errors naming the file."""
+    """The raw dict of a checkpoint file of either format: ``torch.load`` with ``weights_only=True`` (no code
+    from the pickle runs), errors naming the file. A model is loaded through :func:`load_model`."""
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -173,18 +145,8 @@ def check_training_format(state: Any, source: str) -> None:
         )
 
 
-def is_export_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is an ``export_all`` ``model.pt`` (False for unreadable files: their loader says why)."""
-    try:
-        state = read_checkpoint(path)
-    except CheckpointError:
-        return False
-    return isinstance(state, dict) and state.get("format") == EXPORT_CHECKPOINT_FORMAT
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint (a file, or a directory holding ``checkpoint.pt``) and check its format."""
-    path = Path(path)
+def _training_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint's dict (a file, or a directory holding ``checkpoint.pt``), format-checked."""
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
@@ -203,11 +165,8 @@ def checkpoint_train_scale(state: Mapping[str, Any]) -> int | None:
     return check_scale(scale)
 
 
-def model_from_state(state: Any, source: str) -> nn.Module:
+def _model_from_state(state: Any, source: str) -> nn.Module:
     """Rebuild the eval-mode network of a checkpoint dict holding ``model_config`` and ``model_state``."""
-    # Deferred: building a network imports the backbone zoo, which the ONNX / TorchScript paths never need.
-    from hairseg_core.models import build_model
-
     missing = [key for key in ("model_config", "model_state") if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(
@@ -223,45 +182,24 @@ def model_from_state(state: Any, source: str) -> nn.Module:
     return model.eval()
 
 
-def load_checkpoint_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of a checkpoint of either format, and the whole checkpoint dict.
-
-    Works for the trainer's checkpoints and ``export.save_checkpoint`` files; the trained scale
-    (:func:`checkpoint_train_scale`) is attached to the returned eval-mode module.
-    """
-    state = read_checkpoint(path, map_location)
-    model = model_from_state(state, str(path))
-    return attach_train_scale(model, checkpoint_train_scale(state)), state
-
-
-def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, int]:
-    """``(model, scale)``: a training checkpoint's network in eval mode and the short side it was trained at.
+def _eager_model(path: Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The eval-mode network of a checkpoint of either format, its trained scale attached.
 
     A model only segments well at the object scale it saw in training (``base_size``; see
-    ``hairseg_core.scaling``), so whoever evaluates or exports it needs that number as much as the weights.
-    It is also attached to the module, so copies, exports and registered (pickled) models keep it.
+    ``hairseg_core.scaling``), so whoever evaluates or exports it needs that number as much as the weights:
+    it travels on the module (``scaling.model_train_scale``), so copies, exports and registered models keep it.
     """
-    state = load_checkpoint(path, map_location)
-    model = model_from_state(state, str(path))
-    scale = inference_scale(state["train_config"])
-    return attach_train_scale(model, scale), scale
-
-
-def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the DeepLabv3+ of a training checkpoint in eval mode (no pretrained download needed).
-
-    The module carries its trained scale (``hairseg_core.scaling.model_train_scale``); use
-    :func:`load_trained_model` to get it explicitly.
-    """
-    return load_trained_model(path, map_location)[0]
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    state = read_checkpoint(path, map_location)
+    model = _model_from_state(state, str(path))
+    return attach_train_scale(model, checkpoint_train_scale(state))
 
 
 # -------------------------------------------------------------------------------------- exported runtimes
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+def _torchscript(path: Path) -> torch.jit.ScriptModule:
     """Load a ``.ts`` file on the CPU in eval mode (quietly: torch.jit warns that it is deprecated)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -269,7 +207,7 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
-def onnx_session(path: str | Path, intra_op_threads: int | None = None, allow_spinning: bool = False) -> Any:
+def _onnx_session(path: Path, intra_op_threads: int | None = None, allow_spinning: bool = False) -> Any:
     """onnxruntime CPU session with all graph optimisations (fusions, constant folding, layout).
 
     Spinning is off by default: between two frames the app does its own CPU work (letterbox, colouring,
@@ -462,3 +400,78 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     if not isinstance(data, dict):
         raise MetadataError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return ModelMetadata.from_dict(data, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------- the loader
+
+#: The forms :func:`load_model` returns a model in.
+MODEL_FORMS: dict[str, str] = {
+    "state": "the training checkpoint's dict, format-checked (what a resumed trainer reads)",
+    "eager": "the eval-mode torch network of a checkpoint of either format, its trained scale attached",
+    "torchscript": "the traced ProbabilityModel of a .ts file, eval mode, CPU",
+    "onnx": "an onnxruntime CPU session of a .onnx file",
+}
+
+#: The form a model file's suffix implies.
+SUFFIX_FORMS: dict[str, str] = {
+    ".onnx": "onnx",
+    ".ts": "torchscript",
+    ".pt": "eager",
+    ".pth": "eager",
+    ".ckpt": "eager",
+}
+
+#: Which file of an export directory (a key of :data:`DEFAULT_FILES`) each form reads.
+FORM_FILE_KEYS: dict[str, str] = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}
+
+
+def export_file(directory: str | Path, metadata: ModelMetadata, form: str) -> Path:
+    """The file of ``form`` in an ``export_all`` directory (as ``model.json`` names it), which must exist."""
+    key = FORM_FILE_KEYS[form]
+    path = Path(directory) / metadata.files.get(key, DEFAULT_FILES[key])
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {form} model file {path.name} in this export directory")
+    return path
+
+
+def _model_path(source: Path, form: str | None) -> tuple[Path, str]:
+    """The file to read and the form to read it in: a run directory is its ``checkpoint.pt``, an export
+    directory the file of ``form`` (default ONNX, the fastest on CPU), a file the form of its suffix."""
+    if source.is_dir():
+        if form == "state" or (
+            not (source / DEFAULT_FILES["metadata"]).is_file() and (source / CHECKPOINT_FILE).is_file()
+        ):
+            return source / CHECKPOINT_FILE, form or "eager"  # a training run directory
+        form = form or "onnx"
+        return export_file(source, read_metadata(source), form), form
+    implied = SUFFIX_FORMS.get(source.suffix.lower())
+    return source, form or implied or "eager"
+
+
+def load_model(
+    source: str | Path,
+    form: str | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+    intra_op_threads: int | None = None,
+    allow_spinning: bool = False,
+) -> Any:
+    """The one way to read a model back from disk, in any form (:data:`MODEL_FORMS`).
+
+    ``source``: a checkpoint of either format (``.pt`` / ``.pth`` / ``.ckpt``), a ``.ts`` or ``.onnx``
+    export, an ``export_all`` directory or a training run directory (its ``checkpoint.pt``). ``form``
+    defaults to the file's suffix (``eager`` for checkpoints), ``onnx`` for an export directory and
+    ``eager`` for a run directory. ``map_location`` applies to checkpoints, ``intra_op_threads`` and
+    ``allow_spinning`` to ONNX Runtime. A predictor (preprocessing, back-end choice, ``models:/`` URIs from
+    the registry) is ``hairseg_core.deploy.inference.load_predictor``, which loads through here.
+    """
+    if form is not None and form not in MODEL_FORMS:
+        raise ValueError(f"unknown model form {form!r}; expected one of {sorted(MODEL_FORMS)}")
+    path, form = _model_path(Path(source), form)
+    if form == "state":
+        return _training_state(path, map_location)
+    if form == "eager":
+        return _eager_model(path, map_location)
+    if form == "torchscript":
+        return _torchscript(path)
+    return _onnx_session(path, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)

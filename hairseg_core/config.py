@@ -8,11 +8,20 @@ hour into a GPU cluster run. Errors name the file, the key path and what was exp
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The registries a name in a config is checked against. Imported at module level: every TrainConfig or
+# SearchSpace validates its names on construction, so deferring these imports would only move their cost
+# to the first validation (none of these packages imports this module: the import graph stays a DAG).
+from hairseg_core.data.datasets import DATASETS
+from hairseg_core.models.backbones import BACKBONES
+from hairseg_core.postprocess.pipeline import build_table5_variants
+from hairseg_core.scaling import DEFAULT_SIZE
 
 #: Metrics every trial reports (see ``hairseg_core.train.trainer``); a search space may optimise any.
 REPORTED_METRICS = (
@@ -71,8 +80,6 @@ class DataSource(_Strict):
 
 
 def _check_dataset_name(value: str) -> str:
-    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
-
     if value not in DATASETS:
         raise ValueError(f"unknown dataset {value!r}; expected one of {DATASETS.names()}")
     return value
@@ -80,8 +87,6 @@ def _check_dataset_name(value: str) -> str:
 
 def _check_dataset_options(dataset: str, options: dict[str, Any], where: str = "dataset_options") -> None:
     """An option the dataset's builder does not take would only fail inside a trial, on the cluster."""
-    from hairseg_core.data import DATASETS  # deferred: the dataset package imports torch; config stays light
-
     params = inspect.signature(DATASETS.get(dataset)).parameters.values()
     allowed = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} | {"on_error"}
     unknown = sorted(set(options) - allowed)
@@ -135,8 +140,8 @@ class TrainConfig(_Strict):
     blur: bool = False
     mixup: bool = False
     mixup_alpha: Annotated[float, Field(ge=0)] = 0.2
-    crop_size: Annotated[int, Field(ge=32)] = 257
-    base_size: Annotated[int, Field(ge=32)] = 257
+    crop_size: Annotated[int, Field(ge=32)] = DEFAULT_SIZE
+    base_size: Annotated[int, Field(ge=32)] = DEFAULT_SIZE
     eval_size: Annotated[int, Field(ge=32)] | None = None
     # data
     dataset: str = "synthetic"
@@ -160,8 +165,6 @@ class TrainConfig(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from hairseg_core.models import BACKBONES  # deferred: the model zoo imports torch; config stays light
-
         if value not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; expected one of {BACKBONES.names()}")
         return value
@@ -226,6 +229,10 @@ class TrainConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- search space
+
+#: Optuna names a backbone-dependent choice ``batch_size@resnet101`` (see ``ParamSpec.by``): a categorical's
+#: choices may not change between trials under one name, so each parent value gets its own name.
+BY_SEPARATOR = "@"
 
 
 class ParamSpec(_Strict):
@@ -413,6 +420,7 @@ class FinalizeSettings(_Strict):
     bootstrap_resamples: Annotated[int, Field(ge=1000)] = 2000
     bootstrap_seed: int = 0
     # letterbox size of the exported webcam model; None: the short side the model was trained at
+    # (hairseg_core.scaling.deploy_input_size)
     export_size: Annotated[int, Field(ge=32)] | None = None
     # every trial's latency_ms: median of latency_repeats CPU passes at export_size, batch 1, with
     # latency_threads torch threads (fixed, so trials given different CPU counts compare)
@@ -426,8 +434,6 @@ class FinalizeSettings(_Strict):
     @model_validator(mode="after")
     def _postprocessors_build(self) -> FinalizeSettings:
         """A bad CRF or matting setting would only surface after the whole sweep has trained."""
-        from hairseg_core.postprocess.pipeline import build_table5_variants  # deferred: cv2, pydensecrf, pymatting
-
         try:
             build_table5_variants(self.crf, self.matting)
         except (TypeError, ValueError, KeyError) as exc:
@@ -643,9 +649,25 @@ class SearchSpace(_Strict):
     def epochs(self) -> int:
         return int(self.fixed.get("epochs", TrainConfig.model_fields["epochs"].default))
 
-    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        """Fixed settings + one trial's sampled values → a validated TrainConfig."""
-        return TrainConfig(**{**self.fixed, **sampled})
+    def trial_config(self, sampled: Mapping[str, Any]) -> TrainConfig:
+        """Fixed settings + one trial's sampled values → a validated TrainConfig (see :func:`trial_config`)."""
+        return trial_config(self.fixed, sampled)
+
+
+def sampled_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune trial config without Optuna's internal ``name@parent`` keys (:data:`BY_SEPARATOR`)."""
+    return {k: v for k, v in config.items() if BY_SEPARATOR not in k}
+
+
+def trial_config(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> TrainConfig:
+    """The one route from a trial's settings to its typed :class:`TrainConfig`.
+
+    A space's ``fixed`` settings with one trial's values over them (a Tune trial config as Ray hands it
+    over: Optuna's ``name@parent`` keys are dropped). The trial trains with it, the results name it as the
+    winner's config, the final stage evaluates with it: all go through here, so a trial's settings are
+    validated and defaulted the same way everywhere.
+    """
+    return TrainConfig(**{**fixed, **sampled_settings(sampled)})
 
 
 def _cast_numeric(spec: ParamSpec, value: float | None) -> float | int | None:

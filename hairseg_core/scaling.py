@@ -9,7 +9,7 @@ image's own H x W, so metrics are still computed on the full-resolution mask.
 
 This module is the one place that knows the rule. It depends on numpy and OpenCV only (no torch, no
 other ``hairseg_core`` module), so every other module, ``hairseg_core.artifact`` included, can import it.
-It does not normalise pixels itself: the caller passes the model's normaliser (``artifact.Normalizer``).
+It does not normalise pixels itself: the caller passes the model's normaliser (``hairseg_core.imagenet.Normalizer``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ BatchRunner = Callable[[np.ndarray], np.ndarray]
 
 _MIN_SIDE = 8  # below this every backbone collapses to a 1x1 feature map
 
+#: The paper's resolution, base_size = crop_size = 257 px (DeepLab's 8k + 1 sizes keep feature maps aligned
+#: with the image): the default of ``TrainConfig``, of the train transform, of the export's example input,
+#: and the letterbox canvas of a bare checkpoint that records no trained scale.
+DEFAULT_SIZE = 257
+
 
 def inference_scale(train_config: Mapping[str, Any] | Any) -> int:
     """The short side (px) a model trained with ``train_config`` should be run at: its ``base_size``.
@@ -53,6 +58,17 @@ def inference_scale(train_config: Mapping[str, Any] | Any) -> int:
     if scale < _MIN_SIDE:
         raise ValueError(f"base_size {scale} is too small to run a network at")
     return scale
+
+
+def deploy_input_size(export_size: int | None, train_scale: int | None) -> int | None:
+    """The webcam model's letterbox canvas: ``finalize.export_size`` when given, else the trained short side.
+
+    The one statement of that rule: the export writes it into ``model.json``, every trial measures its
+    latency at it, and a bare model file without metadata is run at it. None when neither is known.
+    """
+    if export_size is not None:
+        return int(export_size)
+    return None if train_scale is None else int(train_scale)
 
 
 def effective_eval_size(train_config: Mapping[str, Any] | Any) -> int:

@@ -8,8 +8,15 @@ import optuna
 import pytest
 import yaml
 
-from hairseg_core.config import ConfigError, TrainConfig, load_search_space, load_train_config
-from hairseg_core.search.space import BY_SEPARATOR, SpaceSampler, build_searcher, sampled_settings
+from hairseg_core.config import (
+    BY_SEPARATOR,
+    ConfigError,
+    TrainConfig,
+    load_search_space,
+    load_train_config,
+    sampled_settings,
+)
+from hairseg_core.search.space import SpaceSampler, build_searcher
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hairseg_core.artifact import (
+    CheckpointError,
     MetadataError,
     ModelMetadata,
     ProbabilityModel,
+    load_model,
     normalize_image,
-    onnx_session,
     read_metadata,
 )
 from hairseg_core.builders import UnknownNameError
@@ -38,7 +39,7 @@ from hairseg_core.final.export import (
     synthetic_portrait,
 )
 from hairseg_core.models import build_model
-from hairseg_core.scaling import attach_train_scale
+from hairseg_core.scaling import attach_train_scale, model_train_scale
 
 INPUT_SIZE = 257
 
@@ -117,7 +118,7 @@ def test_parity_check_detects_a_different_model(model: nn.Module, exported: dict
 
 
 def test_onnx_runs_at_dynamic_batch_and_size(exported: dict) -> None:
-    session = onnx_session(exported["onnx"])
+    session = load_model(exported["onnx"])  # the .onnx suffix: an onnxruntime session
     name = session.get_inputs()[0].name
     assert [isinstance(d, str) for d in session.get_inputs()[0].shape] == [True, False, True, True]
     for batch, height, width in [(1, 224, 224), (3, 257, 257), (2, 193, 241)]:
@@ -320,3 +321,22 @@ def test_cli_evaluate_gives_the_same_scores_for_checkpoint_and_exports(
     assert (multi["inference_scale"], multi["scales"], multi["flip"]) == (129, [0.75, 1.0, 1.25], True)
     assert cli.main(["evaluate", "--model", str(exported["dir"]), "--data", str(tmp_path), "--scale", "huge"]) == 2
     assert "scale must be" in capsys.readouterr().err
+
+
+def test_load_model_reads_every_form_of_an_export(exported: dict, model: nn.Module) -> None:
+    """``artifact.load_model``: one entry for the eager network, TorchScript and ONNX, by file or directory."""
+    x = normalize_image(synthetic_portrait(65, 81))
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(x), 1).numpy()
+    eager = load_model(exported["dir"], "eager")  # the directory's model.pt
+    assert model_train_scale(eager) == model_train_scale(model)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.softmax(eager(x), 1).numpy(), want, atol=1e-5)
+        np.testing.assert_allclose(load_model(exported["torchscript"])(x).numpy(), want, atol=1e-4)
+    session = load_model(exported["dir"])  # a directory defaults to ONNX
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown model form 'tflite'"):
+        load_model(exported["dir"], "tflite")
+    with pytest.raises(CheckpointError, match="not a hairseg checkpoint"):
+        load_model(exported["checkpoint"], "state")  # an export's model.pt is not a training state

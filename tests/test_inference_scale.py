@@ -17,7 +17,7 @@ from sweep_helpers import tiny_train_config
 from torch import nn
 
 from hairseg_core import evaluate
-from hairseg_core.artifact import ModelMetadata, load_trained_model
+from hairseg_core.artifact import ModelMetadata, load_model
 from hairseg_core.deploy.inference import LETTERBOX, HairPredictor, load_predictor
 from hairseg_core.final.export import save_checkpoint
 from hairseg_core.models import build_model
@@ -182,10 +182,10 @@ def test_hair_predictor_short_side_letterbox_and_native() -> None:
 
 
 def test_checkpoints_carry_their_scale_to_every_loader(tmp_path: Path) -> None:
-    """Training checkpoint → load_trained_model / evaluate / inference; export checkpoint → inference."""
+    """Training checkpoint → load_model / evaluate / inference; export checkpoint → inference."""
     ckpt = Trainer(tiny_train_config(tmp_path, base_size=81, crop_size=65)).save_checkpoint(tmp_path / "c.pt")
-    model, scale = load_trained_model(ckpt)
-    assert scale == 81 and model_train_scale(model) == 81
+    model = load_model(ckpt, "eager")
+    assert model_train_scale(model) == 81
     assert load_predictor(ckpt, scale="auto").scale == 81
     assert load_predictor(ckpt, scale="native").scale is None
     assert load_predictor(ckpt, scale=97).scale == 97

@@ -191,7 +191,7 @@ def test_registered_model_is_onnx_and_loads_without_pickle(
     # the torch module back from the state-dict checkpoint, with its trained scale
     model = tracker.load_model(uri)
     assert type(model).__name__ == "DeepLabV3Plus" and model_train_scale(model) == 65
-    reference, _ = _checkpoint_model(export_dir)
+    reference = _checkpoint_model(export_dir)
     x = normalize_image(synthetic_portrait(65, 81))
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
@@ -204,10 +204,10 @@ def test_registered_model_is_onnx_and_loads_without_pickle(
         np.testing.assert_allclose(probs, torch.softmax(reference(x), 1).numpy(), atol=1e-4)
 
 
-def _checkpoint_model(export_dir: Path) -> tuple[nn.Module, dict]:
-    from hairseg_core.artifact import load_checkpoint_model
+def _checkpoint_model(export_dir: Path) -> nn.Module:
+    from hairseg_core.artifact import load_model
 
-    return load_checkpoint_model(export_dir / "model.pt")
+    return load_model(export_dir / "model.pt", "eager")
 
 
 def test_default_search_space_gives_a_view() -> None:

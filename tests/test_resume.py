@@ -217,7 +217,7 @@ def test_resume_when_the_checkpoint_tune_recorded_was_deleted(ws: Workspace) -> 
     """
     from ray.tune import ExperimentAnalysis
 
-    from hairseg_core.artifact import load_checkpoint
+    from hairseg_core.artifact import load_model
 
     epochs = 6
     space = ws.space(
@@ -253,7 +253,7 @@ def test_resume_when_the_checkpoint_tune_recorded_was_deleted(ws: Workspace) -> 
     lost = Path(partly.checkpoint.path)
     earlier = [p for p in lost.parent.glob("checkpoint_*") if p.name < lost.name]
     assert earlier, f"keep_checkpoints 2 should have kept a checkpoint before {lost}"
-    expected_epoch = load_checkpoint(max(earlier))["epoch"]
+    expected_epoch = load_model(max(earlier), "state")["epoch"]
     shutil.rmtree(lost)
     for folder in Path(wholly.checkpoint.path).parent.glob("checkpoint_*"):
         shutil.rmtree(folder)

@@ -12,7 +12,7 @@ import yaml
 from sweep_helpers import tiny_train_config
 
 from hairseg_core import cli
-from hairseg_core.artifact import CheckpointError, load_checkpoint, model_from_checkpoint
+from hairseg_core.artifact import CheckpointError, load_model
 from hairseg_core.train.trainer import Trainer, load_trial_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -112,22 +112,22 @@ def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
     trainer.run_epoch()
     trainer.extra["mlflow_run_id"] = "abc"
     path = trainer.save_checkpoint(tmp_path / "c" / "checkpoint.pt")
-    state = load_checkpoint(path.parent)  # a directory works too
+    state = load_model(path.parent, "state")  # a directory works too
     assert state["epoch"] == 1 and state["extra"]["mlflow_run_id"] == "abc"
-    model = model_from_checkpoint(path)
+    model = load_model(path)  # a .pt file: the eager network
     x = torch.randn(1, 3, 70, 90)
     torch.testing.assert_close(model(x), trainer.model.eval()(x))
 
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt", "state")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt.pt: cannot read checkpoint"):
-        load_checkpoint(corrupt)
+        load_model(corrupt, "state")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match="not a hairseg checkpoint"):
-        load_checkpoint(foreign)
+        load_model(foreign, "state")
     other = Trainer(tiny_train_config(tmp_path, epochs=1, lr_head=1e-2))
     with pytest.raises(CheckpointError, match="lr_head"):
         other.load_state_dict(state)

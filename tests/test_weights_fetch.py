@@ -25,10 +25,10 @@ from hairseg_core.models.fetch import (
     OFFLINE_ENV,
     WeightsFetchError,
     ensure_imagenet_weights,
-    imagenet_backbones,
     resolve_space_weights,
 )
 from hairseg_core.models.weights import read_state_dict
+from hairseg_core.search.weights import imagenet_backbones
 from hairseg_core.verified_download import hash_prefix
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

@@ -26,8 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_weights(args: argparse.Namespace) -> int:
     # deferred: pydantic (`hairseg --help` stays fast); hairseg_core.models imports torch
     from hairseg_core.config import ConfigError, load_search_space
-    from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights, imagenet_backbones
+    from hairseg_core.models.fetch import cached_imagenet_weights, ensure_imagenet_weights
     from hairseg_core.models.weights import WeightsNotFoundError  # deferred: hairseg_core.models imports torch
+    from hairseg_core.search.weights import imagenet_backbones
 
     if args.weights_cmd == "list":
         from hairseg_core.models.backbones import PRETRAINED_SOURCES  # deferred: imports torch

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from hairseg_core.artifact import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the model artifact's)
+from hairseg_core.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from hairseg_core.scaling import DEFAULT_SIZE
 
 IGNORE_INDEX = 255
 
@@ -63,8 +64,8 @@ def _finish() -> list[Any]:
 
 
 def build_train_transform(
-    crop_size: int = 257,
-    base_size: int = 257,
+    crop_size: int = DEFAULT_SIZE,
+    base_size: int = DEFAULT_SIZE,
     rsc: bool = False,
     blur: bool = False,
     *,

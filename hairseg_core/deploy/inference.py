@@ -29,7 +29,7 @@ directory written by ``export.export_all``, from ``model.json`` (ONNX by default
 training run directory holding ``checkpoint.pt`` runs eager. A ``models:/name@alias`` URI is resolved
 through ``hairseg_core.track.registry.resolve_model_uri`` first. :meth:`HairPredictor.from_model` wraps a network
 already in memory (evaluation during the final stage). What the files contain is defined in
-``hairseg_core.artifact``.
+``hairseg_core.artifact``, whose ``load_model`` every back-end loads its file through.
 """
 
 from __future__ import annotations
@@ -47,20 +47,22 @@ import torch
 from hairseg_core.artifact import (
     CHECKPOINT_FILE,
     DEFAULT_FILES,
+    FORM_FILE_KEYS,
+    SUFFIX_FORMS,
     CheckpointError,
     ModelMetadata,
     ProbabilityModel,
-    checkpoint_train_scale,
-    load_checkpoint_model,
-    load_torchscript,
+    export_file,
+    load_model,
     model_config_of,
-    onnx_session,
     read_metadata,
 )
 from hairseg_core.builders import Registry
 from hairseg_core.scaling import (
+    DEFAULT_SIZE,
     ScaleArg,
     check_scales,
+    deploy_input_size,
     describe_scale,
     model_train_scale,
     resolve_scale,
@@ -68,19 +70,15 @@ from hairseg_core.scaling import (
 )
 
 #: Input size assumed for a bare ``.pt`` checkpoint without ``model.json`` or a trained scale.
-DEFAULT_INPUT_SIZE = 257
+DEFAULT_INPUT_SIZE = DEFAULT_SIZE
 
 #: ``scale=`` of :class:`HairPredictor` for the app's fixed-size letterbox canvas (see the module docstring).
 LETTERBOX = "letterbox"
 
-SUFFIX_BACKENDS: dict[str, str] = {
-    ".onnx": "onnx",
-    ".ts": "torchscript",
-    ".pt": "eager",
-    ".pth": "eager",
-    ".ckpt": "eager",
-}
-BACKEND_FILE_KEYS: dict[str, str] = {"onnx": "onnx", "torchscript": "torchscript", "eager": "checkpoint"}
+#: The back-end a model file's suffix implies: the artifact's form of that file (each back-end runs one form).
+SUFFIX_BACKENDS: dict[str, str] = SUFFIX_FORMS
+#: Which file of an export directory each back-end reads.
+BACKEND_FILE_KEYS: dict[str, str] = FORM_FILE_KEYS
 
 
 class InferenceError(RuntimeError):
@@ -109,7 +107,9 @@ class OnnxRunner:
     ) -> None:
         self.path = Path(path)
         try:
-            self.session = onnx_session(self.path, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)
+            self.session = load_model(
+                self.path, "onnx", intra_op_threads=intra_op_threads, allow_spinning=allow_spinning
+            )
         except Exception as exc:
             raise InferenceError(f"{self.path}: onnxruntime cannot load this file: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
@@ -145,7 +145,7 @@ class TorchScriptRunner(_TorchRunner):
     def __init__(self, path: str | Path, **_: Any) -> None:
         self.path = Path(path)
         try:
-            self.module = load_torchscript(self.path)
+            self.module = load_model(self.path, "torchscript")
         except Exception as exc:
             raise InferenceError(f"{self.path}: cannot load TorchScript module: {exc}") from exc
 
@@ -166,16 +166,19 @@ class ModuleRunner(_TorchRunner):
 
 @BACKENDS.register("eager")
 class EagerRunner(ModuleRunner):
-    """Eager PyTorch from a checkpoint of either format (``artifact.load_checkpoint_model``)."""
+    """Eager PyTorch from a checkpoint of either format (``artifact.load_model(path, "eager")``)."""
 
     def __init__(
         self, path: str | Path, channels_last: bool = False, device: str | torch.device = "cpu", **_: Any
     ) -> None:
         self.path = Path(path)
         try:
-            model, self.checkpoint = load_checkpoint_model(self.path)
+            model = load_model(self.path, "eager")
         except CheckpointError as exc:
             raise InferenceError(str(exc)) from exc
+        #: What the checkpoint records besides the weights: its model config and trained scale.
+        self.model_config = model_config_of(model)
+        self.train_scale = model_train_scale(model)
         super().__init__(model, device=device, channels_last=channels_last)
 
 
@@ -279,7 +282,7 @@ class HairPredictor:
     ) -> HairPredictor:
         """A network in memory as a predictor (eager, on ``device``; the module is moved there, in eval mode).
 
-        ``scale="auto"`` (default) is the scale recorded on the module (``artifact.load_trained_model``
+        ``scale="auto"`` (default) is the scale recorded on the module (``artifact.load_model(path, "eager")``
         attaches it), falling back to native for a bare module: that is how such a model was always
         measured, and guessing a size would silently change its numbers.
         """
@@ -375,9 +378,9 @@ def _metadata_for_file(path: Path, input_size: int | None, runner: Runner) -> Mo
     config: dict[str, Any] = {}
     train_scale: int | None = None
     if isinstance(runner, EagerRunner):  # either checkpoint format: export_all's model.pt or a training one
-        config = dict(runner.checkpoint.get("model_config", {}))
-        train_scale = checkpoint_train_scale(runner.checkpoint)
-    size = input_size or train_scale or DEFAULT_INPUT_SIZE
+        config = dict(runner.model_config)
+        train_scale = runner.train_scale
+    size = deploy_input_size(input_size, train_scale) or DEFAULT_INPUT_SIZE
     return ModelMetadata(input_size=int(size), model_config=config, train_scale=train_scale)
 
 
@@ -412,10 +415,7 @@ def load_predictor(
     if path.is_dir():
         metadata = read_metadata(path)
         backend = backend or "onnx"
-        file_key = BACKEND_FILE_KEYS[backend]
-        model_file = path / metadata.files.get(file_key, DEFAULT_FILES[file_key])
-        if not model_file.is_file():
-            raise FileNotFoundError(f"{path}: no {backend} model file {model_file.name} in this export directory")
+        model_file = export_file(path, metadata, backend)
         if input_size is not None:
             metadata = replace(metadata, input_size=input_size)
         runner = BACKENDS.build(backend, model_file, **options)

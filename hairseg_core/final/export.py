@@ -46,15 +46,14 @@ from hairseg_core.artifact import (
     EXPORT_CHECKPOINT_FORMAT,
     ModelMetadata,
     ProbabilityModel,
-    load_torchscript,
+    load_model,
     model_config_of,
     normalize_image,
-    onnx_session,
     synthetic_portrait,
 )
 from hairseg_core.deploy.inference import BACKENDS
 from hairseg_core.deploy.latency import measure_latency
-from hairseg_core.scaling import check_scale, model_train_scale
+from hairseg_core.scaling import DEFAULT_SIZE, check_scale, deploy_input_size, model_train_scale
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
@@ -84,7 +83,7 @@ def _check_size(example_size: int) -> int:
     return int(example_size)
 
 
-def export_torchscript(model: nn.Module, path: str | Path, example_size: int = 257) -> Path:
+def export_torchscript(model: nn.Module, path: str | Path, example_size: int = DEFAULT_SIZE) -> Path:
     """Trace ``ProbabilityModel(model)`` and save it to ``path`` (``.ts``).
 
     The trace is checked (``check_inputs``) at batch 2 and a non-square size that is not a multiple of the
@@ -129,14 +128,14 @@ def _onnx_opset(path: Path) -> int:
 
 
 def _verify_onnx_dynamic(path: Path, wrapped: nn.Module) -> None:
-    """Run the file at (1, 224, 224) and (3, 257, 257) and compare with eager; raise ExportError if off.
+    """Run the file at (1, 224, 224) and (3, DEFAULT_SIZE, DEFAULT_SIZE) and compare with eager; ExportError if off.
 
     This guards the dynamic axes: a baked-in shape fails to run or is off by O(0.1). The tolerance is
     therefore 10x looser than :func:`parity_check`'s, which is the strict numerical check on a real image.
     """
-    session = onnx_session(path)
+    session = load_model(path, "onnx")
     name = session.get_inputs()[0].name
-    for batch, size in ((1, 224), (3, 257)):
+    for batch, size in ((1, 224), (3, DEFAULT_SIZE)):
         x = torch.cat([normalize_image(synthetic_portrait(size, size, seed=b)) for b in range(batch)])
         try:
             got = session.run(None, {name: x.numpy()})[0]
@@ -184,7 +183,9 @@ def _export_onnx_torchscript(wrapped: nn.Module, example: torch.Tensor, path: Pa
     )
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, example_size: int = 257) -> OnnxExport:
+def export_onnx(
+    model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, example_size: int = DEFAULT_SIZE
+) -> OnnxExport:
     """Export ``ProbabilityModel(model)`` to ONNX with dynamic batch, height and width.
 
     Tries the dynamo exporter first, falls back to the TorchScript-based one (see module docstring); the
@@ -227,11 +228,11 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, 
 
 def _exported_probs(path: Path, x: torch.Tensor) -> np.ndarray:
     if path.suffix == ".onnx":
-        session = onnx_session(path)
+        session = load_model(path, "onnx")
         return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     if path.suffix == ".ts":
         with torch.no_grad():
-            return load_torchscript(path)(x).numpy()
+            return load_model(path, "torchscript")(x).numpy()
     raise ValueError(f"{path}: parity_check knows .onnx and .ts files, not {path.suffix!r}")
 
 
@@ -340,7 +341,7 @@ def export_all(
 ) -> dict[str, Any]:
     """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
 
-    ``train_scale`` (default: the scale attached to ``model`` by ``artifact.load_trained_model``) is recorded
+    ``train_scale`` (default: the scale attached to ``model`` by ``artifact.load_model``) is recorded
     in ``model.json`` and ``model.pt``; ``input_size``, the webcam app's letterbox canvas, defaults to it,
     because the network is only accurate at the object scale it was trained at. ``sample_image`` (HxWx3
     uint8 RGB, ideally a real photo) is used for the parity check at its own resolution; without one a
@@ -349,11 +350,10 @@ def export_all(
     parity, latency, the sizes and the ONNX exporter/opset used.
     """
     train_scale = check_scale(train_scale if train_scale is not None else model_train_scale(model))
-    if input_size is None:
-        if train_scale is None:
-            raise ValueError("export_all: give input_size, or a train_scale (none is recorded on this model)")
-        input_size = train_scale
-    input_size = int(input_size)
+    size = deploy_input_size(input_size, train_scale)
+    if size is None:
+        raise ValueError("export_all: give input_size, or a train_scale (none is recorded on this model)")
+    input_size = size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in DEFAULT_FILES.items()}

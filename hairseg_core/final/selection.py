@@ -176,21 +176,21 @@ def _run_final_stage(request: FinalStageRequest) -> int:
     if request.checkpoint and not Path(request.checkpoint).is_file() and "://" not in request.checkpoint:
         raise FinalStageInputError(f"--checkpoint {request.checkpoint}: no such file")
     if request.checkpoint:  # read before a new store is created for it: a refused file leaves nothing behind
-        from hairseg_core.train.trainer import load_checkpoint  # deferred: torch
+        from hairseg_core.artifact import load_model  # deferred: torch
 
-        load_checkpoint(request.checkpoint)
+        load_model(request.checkpoint, "state")
     check_tracking(tracking_uri, must_exist=not request.checkpoint)
     if request.space_file:
         load_search_space(request.space_file)  # a bad --space fails before any work
     # Deferred until the tracking server answered (module docstring): torch, the exporters, post-processing.
+    from hairseg_core.artifact import load_model  # deferred: torch
     from hairseg_core.final.stage import finalize
-    from hairseg_core.train.trainer import load_checkpoint  # deferred: torch
 
     configure_threads(request.threads)
 
     settings = FinalizeSettings()
     if request.checkpoint:
-        state = load_checkpoint(request.checkpoint)
+        state = load_model(request.checkpoint, "state")
         train_config, checkpoint, parent, sweep = state["train_config"], request.checkpoint, None, "manual"
         folder = None
         tracker = Tracker(tracking_uri, request.experiment)

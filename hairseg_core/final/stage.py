@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hairseg_core.artifact import load_trained_model
+from hairseg_core.artifact import load_model
 from hairseg_core.config import FinalizeSettings
 from hairseg_core.final.export_folder import write_export
 from hairseg_core.final.promotion import decide
@@ -29,6 +29,7 @@ from hairseg_core.final.stage_run import log_stage, open_finalize_run
 from hairseg_core.final.state import FinalizeResult, FinalStage, jsonable
 from hairseg_core.final.table5 import evaluate_table5
 from hairseg_core.final.test_split import load_test_split, test_sources
+from hairseg_core.scaling import model_train_scale
 from hairseg_core.track.runs import Tracker
 
 
@@ -80,7 +81,8 @@ def _load(
     progress: bool,
 ) -> FinalStage:
     """The checkpoint's network at its trained scale and the first test source's images; says what it evaluates."""
-    model, scale = load_trained_model(checkpoint_path)
+    model = load_model(checkpoint_path, "eager")
+    scale = model_train_scale(model)
     primary = test_sources(train_config)[0]
     test = load_test_split(train_config, settings.test_split, settings.max_test_images, primary)
     print(

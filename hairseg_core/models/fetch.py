@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -42,9 +42,6 @@ from hairseg_core.models.weights import (
     search_dirs,
 )
 from hairseg_core.verified_download import DownloadError, DownloadNotFoundError, RetryPolicy, download_file, hash_prefix
-
-if TYPE_CHECKING:
-    from hairseg_core.config import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +57,6 @@ __all__ = [
     "cached_imagenet_weights",
     "checkpoints_dir",
     "ensure_imagenet_weights",
-    "imagenet_backbones",
     "is_offline",
     "resolve_space_weights",
     "weights_mirror",
@@ -209,6 +205,24 @@ def ensure_imagenet_weights(
         candidates = _candidates(source, mirror_url)
     except ValueError as exc:
         raise failure(str(exc)) from exc
+    return _download_first(backbone, source, candidates, failure, progress=progress, timeout=timeout, retries=retries)
+
+
+def _download_first(
+    backbone: str,
+    source: PretrainedSource,
+    candidates: list[tuple[str, str]],
+    failure: Callable[[str], WeightsFetchError],
+    *,
+    progress: bool,
+    timeout: float,
+    retries: int,
+) -> Path:
+    """Download the first candidate (file name, URL) the server holds into the torch hub cache, verified.
+
+    A 404 moves on to the next accepted name (a mirror may hold another recipe); any other failure, a hash
+    mismatch or a file that is not a state dict raises ``failure(reason)`` and leaves nothing behind.
+    """
     policy = RetryPolicy(attempts=max(int(retries), 1))
     missing: list[str] = []
     for name, url in candidates:
@@ -244,34 +258,3 @@ def ensure_imagenet_weights(
 def resolve_space_weights(backbones: Iterable[str], **kwargs: Any) -> dict[str, Path]:
     """:func:`ensure_imagenet_weights` for each distinct backbone, in first-seen order; kwargs pass through."""
     return {backbone: ensure_imagenet_weights(backbone, **kwargs) for backbone in dict.fromkeys(backbones)}
-
-
-def _is_imagenet(value: object) -> bool:
-    return isinstance(value, str) and value.lower() == "imagenet"
-
-
-def imagenet_backbones(space: SearchSpace) -> list[str]:
-    """Every backbone a trial of ``space`` may build with ``pretrained: imagenet``, in the space's order.
-
-    The backbone is fixed, searched, or the TrainConfig default; ``pretrained`` likewise. When
-    ``pretrained`` is searched with ``by: backbone`` only the backbones whose choices include imagenet count.
-    ``when`` conditions are ignored: fetching a file a trial may not need is cheaper than a failed trial.
-    """
-    from hairseg_core.config import TrainConfig  # lazy: hairseg_core.config imports hairseg_core.models
-
-    fields = TrainConfig.model_fields
-    if "backbone" in space.fixed:
-        candidates = [space.fixed["backbone"]]
-    elif "backbone" in space.params:
-        candidates = space.params["backbone"].values()
-    else:
-        candidates = [fields["backbone"].default]
-    backbones = [str(b) for b in dict.fromkeys(candidates)]
-
-    spec = space.params.get("pretrained")
-    if spec is None:
-        pretrained = space.fixed.get("pretrained", fields["pretrained"].default)
-        return backbones if _is_imagenet(pretrained) else []
-    if spec.by == "backbone" and isinstance(spec.choices, dict):
-        return [b for b in backbones if b not in spec.choices or any(_is_imagenet(v) for v in spec.choices[b])]
-    return backbones if any(_is_imagenet(v) for v in spec.values()) else []

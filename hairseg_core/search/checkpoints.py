@@ -14,7 +14,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint
 from ray.tune.result import TRAINING_ITERATION
 
-from hairseg_core.artifact import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from hairseg_core.artifact import CHECKPOINT_FILE, CheckpointError, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def surviving_checkpoint(missing: Checkpoint) -> tuple[Checkpoint, int] | None:
             continue
         try:
             with candidate.as_directory() as local:
-                epoch = int(load_checkpoint(local)["epoch"])
+                epoch = int(load_model(local, "state")["epoch"])
         except (CheckpointError, OSError) as exc:
             logger.warning("skipping unreadable checkpoint %s: %s", path, exc)
             continue

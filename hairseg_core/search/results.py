@@ -15,22 +15,37 @@ import optuna
 from ray import tune
 from ray.tune.result import TRAINING_ITERATION
 
-from hairseg_core.config import SearchSpace, TrainConfig
+from hairseg_core.config import SearchSpace, TrainConfig, sampled_settings
 from hairseg_core.search.checkpoints import holds_checkpoint_file
 from hairseg_core.search.pareto import Selection, SelectionError, TrialPoint, pareto_front, select
-from hairseg_core.search.space import SpaceSampler, sampled_settings
+from hairseg_core.search.space import SpaceSampler
 from hairseg_core.search.trial import LATENCY_MACHINE_KEY
 
 
 @dataclass
 class BestTrial:
-    """What the final stage needs of the winning trial."""
+    """What the final stage needs of the winning trial: ``train_config`` stays typed (the space's
+    ``trial_config``); ``config`` is its plain dict, for the MLflow params and the printed summary."""
 
     trial_id: str
-    config: dict[str, Any]
+    train_config: TrainConfig
     metrics: dict[str, Any]
     checkpoint_path: str
     mlflow_run_id: str | None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.train_config.model_dump()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain record written as ``best_trial.json`` (``config`` as a dict; the same keys as ever)."""
+        return {
+            "trial_id": self.trial_id,
+            "config": self.config,
+            "metrics": dict(self.metrics),
+            "checkpoint_path": self.checkpoint_path,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,7 @@ def best_trial(results: tune.ResultGrid, space: SearchSpace, pick: TrialPoint | 
     checkpoint, metrics = at_epoch[-1] if at_epoch else max(ckpts, key=lambda cm: sign * cm[1][objective.metric])
     return BestTrial(
         trial_id=str(best.metrics.get("trial_id")),
-        config=TrainConfig(**{**space.fixed, **sampled_settings(best.config)}).model_dump(),
+        train_config=space.trial_config(best.config),
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         checkpoint_path=checkpoint.path,
         mlflow_run_id=metrics.get("mlflow_run_id"),

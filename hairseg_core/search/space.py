@@ -15,11 +15,7 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from hairseg_core.config import ParamSpec, SearchSpace
-
-#: Optuna names a backbone-dependent choice ``batch_size@resnet101``: a categorical's choices
-#: may not change between trials under one name, so each parent value gets its own name.
-BY_SEPARATOR = "@"
+from hairseg_core.config import BY_SEPARATOR, ParamSpec, SearchSpace
 
 
 def _condition_holds(when: Mapping[str, Any] | None, sampled: Mapping[str, Any]) -> bool:
@@ -91,25 +87,31 @@ class SpaceSampler:
         return out
 
 
-def sampled_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tune trial config without Optuna's internal ``name@parent`` keys."""
-    return {k: v for k, v in config.items() if BY_SEPARATOR not in k}
+#: The type ``threading.Lock()`` returns (``threading.Lock`` itself is a factory function, not a class).
+_LOCK_TYPE = type(threading.Lock())
 
 
 class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
     """NSGA-II that survives pickling: Tune pickles the searcher into its experiment state (and for
     ``--resume``), and Optuna 5's genetic samplers hold a ``threading.Lock``, which cannot be pickled.
     The lock only guards the sampler's generation cache within one process, so a fresh one is made on
-    unpickling."""
+    unpickling.
+
+    Optuna (5.1) offers no public way to pickle these samplers or to hand them a lock, so the state is
+    handled generically: every attribute holding a lock is left out of the pickle and re-created on
+    loading. No private attribute is named, so a renamed or added lock in a later Optuna still pickles.
+    """
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_thread_lock", None)
+        state = {k: v for k, v in self.__dict__.items() if not isinstance(v, _LOCK_TYPE)}
+        state["_hairseg_locks"] = [k for k, v in self.__dict__.items() if isinstance(v, _LOCK_TYPE)]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        locks = state.pop("_hairseg_locks", [])
         self.__dict__.update(state)
-        self._thread_lock = threading.Lock()
+        for name in locks:
+            setattr(self, name, threading.Lock())
 
 
 def build_searcher(space: SearchSpace) -> OptunaSearch:

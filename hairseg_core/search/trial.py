@@ -23,12 +23,12 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from hairseg_core.artifact import CHECKPOINT_FILE
-from hairseg_core.config import DataSettings, SearchSpace, TrainConfig
+from hairseg_core.config import DataSettings, SearchSpace, TrainConfig, sampled_settings, trial_config
 from hairseg_core.data.fingerprint import fingerprint_config
 from hairseg_core.deploy.latency import MIN_REPEATS, ModelCost, describe_machine, measure_model_cost
+from hairseg_core.scaling import deploy_input_size, inference_scale
 from hairseg_core.search.checkpoints import RestoreFromSurvivingCheckpoint
 from hairseg_core.search.fail_once import fail_once
-from hairseg_core.search.space import sampled_settings
 from hairseg_core.search.trial_errors import NonRetriableTrialError, is_deterministic
 from hairseg_core.search.weights import WeightsFiles, install_weights
 from hairseg_core.threads import configure_threads
@@ -81,7 +81,7 @@ class LatencySettings:
         return cls(settings.export_size, settings.latency_threads, settings.latency_repeats)
 
     def input_size(self, cfg: TrainConfig) -> int:
-        return int(self.export_size or cfg.base_size)
+        return int(deploy_input_size(self.export_size, inference_scale(cfg)))  # type: ignore[arg-type]
 
 
 def _trial_resources() -> int:
@@ -150,29 +150,21 @@ def _train_trial(
     gpu_cache: str | None = None,
     data_settings: DataSettings | None = None,
 ) -> None:
+    """Build (or restore) the trial's trainer, open its MLflow run and train it epoch by epoch."""
     sampled = sampled_settings(config)
-    cfg = TrainConfig(**{**fixed, **sampled})
+    cfg = trial_config(fixed, sampled)
     cpus = configure_threads(_trial_resources())  # torch, OpenCV, OMP: the CPUs Ray gave the trial
     # The driver resolved every pretrained file before Ray started: a trial never downloads.
     os.environ["HAIRSEG_OFFLINE"] = "1"
     install_weights(weights)
-    context = tune.get_context()
-    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-
     shared = data is not None  # the driver prepared the data for every trial (memory or stream path)
     if data is None:  # the space varies the data: this trial reads its own, by the space's input path
         data = load_trial_data(cfg, settings=data_settings, workers=cpus)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            trainer = Trainer.from_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, data=data, cpus=cpus)
-    else:
-        cache = SettingsCache(gpu_cache) if gpu_cache else None
-        gpu_settings = resolve_gpu_settings(cfg, resolve_device(cfg.device), cache)
-        trainer = Trainer(cfg, data=data, cpus=cpus, gpu_settings=gpu_settings)
+    trainer = _trainer(cfg, data, cpus, gpu_cache)
     cost, measured = _model_cost(trainer, latency)
 
     tracker = Tracker(tracking.tracking_uri, tracking.experiment)
+    trial_id = tune.get_context().get_trial_id()
     known_run = tracker.current_trial_run(
         tracking.sweep, trial_id, trainer.extra.get("mlflow_run_id"), tracking.parent_run_id
     )
@@ -183,13 +175,52 @@ def _train_trial(
         trainer.extra["mlflow_run_id"] = known_run
         _catch_up(trainer, ended)
         return
+    run_id = _open_run(tracker, tracking, trainer, cfg, sampled, known_run, shared)
+    if measured:  # a restored attempt reports the first attempt's measurement, already logged
+        tracker.log_metrics(run_id, cost.metrics(), step=0)
+        tracker.set_tags(run_id, _cost_tags(cost))
+    monitor = start_system_metrics(run_id, tracking.tracking_uri)
+    try:
+        if trainer.epoch >= cfg.epochs:
+            # Restored from its last epoch's checkpoint: Tune already holds that result, and
+            # reporting it again would count an extra iteration. Returning ends the trial.
+            return
+        _fit(trainer, tracker, run_id, cfg.epochs)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _trainer(cfg: TrainConfig, data: TrialData, cpus: int, gpu_cache: str | None) -> Trainer:
+    """The trial's trainer: restored from Tune's checkpoint on a retry or resume, else a new one."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            return Trainer.from_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, data=data, cpus=cpus)
+    cache = SettingsCache(gpu_cache) if gpu_cache else None
+    gpu_settings = resolve_gpu_settings(cfg, resolve_device(cfg.device), cache)
+    return Trainer(cfg, data=data, cpus=cpus, gpu_settings=gpu_settings)
+
+
+def _open_run(
+    tracker: Tracker,
+    tracking: TrackingSettings,
+    trainer: Trainer,
+    cfg: TrainConfig,
+    sampled: dict[str, Any],
+    known_run: str | None,
+    shared: bool,
+) -> str:
+    """The trial's MLflow run (new, reopened, or a copy cut back to the restored epoch), tagged with where
+    this attempt runs; its id is kept in the trainer's checkpoint."""
+    context = tune.get_context()
     # The run's dataset inputs: those of the sweep's run when the driver decoded the data for every
     # trial (this node may not even hold the files), else the files this trial reads itself.
     run_id = tracker.start_trial(
         tracking.sweep,
         tracking.parent_run_id,
-        trial_id,
-        trial_name,
+        context.get_trial_id(),
+        context.get_trial_name(),
         params={**cfg.model_dump(), "sampled": sampled},
         run_id=known_run,
         sampled=sampled,
@@ -220,28 +251,22 @@ def _train_trial(
             **trainer.gpu_settings.tags(),  # AMP / channels-last / cudnn benchmark used, and why
         },
     )
-    if measured:  # a restored attempt reports the first attempt's measurement, already logged
-        tracker.log_metrics(run_id, cost.metrics(), step=0)
-        tracker.set_tags(run_id, _cost_tags(cost))
-    monitor = start_system_metrics(run_id, tracking.tracking_uri)
-    try:
-        if trainer.epoch >= cfg.epochs:
-            # Restored from its last epoch's checkpoint: Tune already holds that result, and
-            # reporting it again would count an extra iteration. Returning ends the trial.
-            return
-        best = -math.inf
-        for result in trainer.fit():
-            tracker.log_metrics(run_id, {k: v for k, v in result.items() if k != "epoch"}, step=result["epoch"])
-            score = result["val_miou"]
-            if score > best or trainer.epoch == cfg.epochs:
-                best = max(best, score)
-                # One image per epoch, a row per validation sample: one artifact write, not one per sample.
-                panels = [prediction_panel(img, mask, prob) for img, mask, prob in trainer.predict_samples(2)]
-                tracker.log_image(run_id, stack_rows(panels), f"predictions/epoch{trainer.epoch:03d}.png")
-            _report(trainer, result)
-    finally:
-        if monitor is not None:
-            monitor.finish()
+    return run_id
+
+
+def _fit(trainer: Trainer, tracker: Tracker, run_id: str, epochs: int) -> None:
+    """Train the remaining epochs: each logged to MLflow (with a prediction panel when it is the best so far
+    or the last) and reported to Tune."""
+    best = -math.inf
+    for result in trainer.fit():
+        tracker.log_metrics(run_id, {k: v for k, v in result.items() if k != "epoch"}, step=result["epoch"])
+        score = result["val_miou"]
+        if score > best or trainer.epoch == epochs:
+            best = max(best, score)
+            # One image per epoch, a row per validation sample: one artifact write, not one per sample.
+            panels = [prediction_panel(img, mask, prob) for img, mask, prob in trainer.predict_samples(2)]
+            tracker.log_image(run_id, stack_rows(panels), f"predictions/epoch{trainer.epoch:03d}.png")
+        _report(trainer, result)
 
 
 #: Tune builds the trial's Trainable class from the function; ``tune.with_parameters`` keeps this.

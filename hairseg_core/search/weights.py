@@ -1,7 +1,10 @@
-"""Pretrained weights on every node: resolved once on the driver, installed by each trial.
+"""Pretrained weights on every node: which a space needs, resolved once on the driver, installed by each trial.
 
-The driver resolves (and if needed fetches) every backbone's ImageNet file before Ray starts and hands
-the bytes to the trials through the object store, so no trial downloads and a bad file fails in seconds.
+The driver reads from the search space which backbones its trials may build with ImageNet weights
+(:func:`imagenet_backbones`), resolves (and if needed fetches) each file before Ray starts and hands the
+bytes to the trials through the object store, so no trial downloads and a bad file fails in seconds.
+Reading a space is this module's job, not the model zoo's: ``hairseg_core.models`` knows backbones and
+files, never a search space.
 """
 
 from __future__ import annotations
@@ -14,14 +17,43 @@ from pathlib import Path
 
 import torch
 
-from hairseg_core.config import SearchSpace
+from hairseg_core.config import SearchSpace, TrainConfig
 from hairseg_core.models import BACKBONES, PRETRAINED_SOURCES, load_pretrained_backbone
-from hairseg_core.models.fetch import ensure_imagenet_weights, imagenet_backbones
+from hairseg_core.models.fetch import ensure_imagenet_weights
 
 logger = logging.getLogger(__name__)
 
 #: Pretrained files the driver resolved before Ray started, by the name the lookup expects them under.
 WeightsFiles = Mapping[str, bytes]
+
+
+def _is_imagenet(value: object) -> bool:
+    return isinstance(value, str) and value.lower() == "imagenet"
+
+
+def imagenet_backbones(space: SearchSpace) -> list[str]:
+    """Every backbone a trial of ``space`` may build with ``pretrained: imagenet``, in the space's order.
+
+    The backbone is fixed, searched, or the TrainConfig default; ``pretrained`` likewise. When
+    ``pretrained`` is searched with ``by: backbone`` only the backbones whose choices include imagenet count.
+    ``when`` conditions are ignored: fetching a file a trial may not need is cheaper than a failed trial.
+    """
+    fields = TrainConfig.model_fields
+    if "backbone" in space.fixed:
+        candidates = [space.fixed["backbone"]]
+    elif "backbone" in space.params:
+        candidates = space.params["backbone"].values()
+    else:
+        candidates = [fields["backbone"].default]
+    backbones = [str(b) for b in dict.fromkeys(candidates)]
+
+    spec = space.params.get("pretrained")
+    if spec is None:
+        pretrained = space.fixed.get("pretrained", fields["pretrained"].default)
+        return backbones if _is_imagenet(pretrained) else []
+    if spec.by == "backbone" and isinstance(spec.choices, dict):
+        return [b for b in backbones if b not in spec.choices or any(_is_imagenet(v) for v in spec.choices[b])]
+    return backbones if any(_is_imagenet(v) for v in spec.values()) else []
 
 
 def install_weights(files: WeightsFiles | None, directory: Path | None = None) -> list[Path]:

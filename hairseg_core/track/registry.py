@@ -63,7 +63,7 @@ class ModelRegistry(ExperimentRuns):
         their export folder: their pickle is never loaded.
         """
         # Deferred: the artifact layer imports torch, which most tracking calls (and Ray's driver) never need.
-        from hairseg_core.artifact import DEFAULT_FILES, load_checkpoint_model
+        from hairseg_core.artifact import DEFAULT_FILES, load_model
 
         name = DEFAULT_FILES["checkpoint"]
         with tempfile.TemporaryDirectory(prefix="hairseg-model-") as tmp:
@@ -80,8 +80,7 @@ class ModelRegistry(ExperimentRuns):
                 )
             except (MlflowException, TrackingUnavailable, OSError):
                 checkpoint = resolve_model_uri(model_uri, self.tracking_uri) / name  # an older, pickled version
-            model, _ = load_checkpoint_model(checkpoint)  # eval mode, its train_scale attached
-        return model
+            return load_model(checkpoint, "eager")  # eval mode, its train_scale attached
 
     def register_model(
         self,

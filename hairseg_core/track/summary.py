@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
 from typing import Any
 
 from hairseg_core.track.experiment import ExperimentRuns, flatten_params
@@ -16,7 +15,7 @@ def log_sweep_summary(
     """Results table, Optuna plots and the best trial onto the sweep's parent run."""
     if rows:
         tracker.log_table(parent_run_id, rows, "results/trials.json")
-    tracker.log_dict(parent_run_id, asdict(best), "best_trial.json")
+    tracker.log_dict(parent_run_id, best.to_dict(), "best_trial.json")
     tracker.set_tags(
         parent_run_id,
         {

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hairseg_core.artifact import IMAGENET_MEAN, IMAGENET_STD  # the one definition (the model artifact's)
 from hairseg_core.builders import Registry
+from hairseg_core.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "IMAGENET_MEAN",

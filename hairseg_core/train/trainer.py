@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_checkpoint
+from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_model
 from hairseg_core.config import DataSettings, DataSource, TrainConfig, train_config_from_dict
 from hairseg_core.data.input_path import (
     cache_sources,
@@ -486,7 +486,7 @@ class Trainer:
     def from_checkpoint(
         cls, path: str | Path, data: TrialData | None = None, cpus: int | None = None, progress: bool = False
     ) -> Trainer:
-        state = load_checkpoint(path)
+        state = load_model(path, "state")
         # A restored run keeps the settings it trained with (its GradScaler state matches its AMP), on the same
         # kind of device; elsewhere (a GPU run restored on a CPU) they are resolved for the new device.
         stored = state.get("gpu_settings")
