@@ -76,7 +76,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     all_background = _checkpoint(tmp_path, "bg", hair_bias=-5.0)
 
     # 1. the first model becomes champion
-    first = finalize(all_hair, cfg.model_dump(), settings, tracker, parent_run_id=None, sweep="s1", progress=False)
+    first = finalize(all_hair, cfg, settings, tracker, parent_run_id=None, sweep="s1", progress=False)
     assert first.decision["promote"] and first.model_version == "1"
     # the network ran at the trained scale (base_size 65) and says so; the export used the explicit size
     assert first.inference_scale == first.decision["inference_scale"] == cfg.base_size == 65
@@ -97,7 +97,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     assert first.export["parity_image"] == "sample_image"  # parity measured on a real test image
 
     # 2. a better model takes the alias; the old champion was re-evaluated on the same images
-    second = finalize(all_background, cfg.model_dump(), settings, tracker, None, sweep="s2", progress=False)
+    second = finalize(all_background, cfg, settings, tracker, None, sweep="s2", progress=False)
     assert second.decision["promote"], second.decision
     assert second.decision["champion_score"] == pytest.approx(first.table[0]["miou"])
     assert second.decision["champion_inference_scale"] == 65  # from the champion's version tag
@@ -106,7 +106,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     # promoted on the paired bootstrap interval, which is recorded on the version and the run
     boot = second.decision["bootstrap"]
     assert boot["lo"] > 0.2 and boot["resamples"] == 2000 and boot["confidence"] == 0.95
-    assert boot["n_images"] == len(load_test_split(cfg.model_dump(), "test", None))
+    assert boot["n_images"] == len(load_test_split(cfg, "test", None))
     tags = tracker.client.get_model_version("hairseg", "2").tags
     assert float(tags["hairseg.promotion.ci_lo"]) == pytest.approx(boot["lo"], abs=1e-6)
     assert tags["hairseg.promotion.resamples"] == "2000" and tags["hairseg.promotion.confidence"] == "0.95"
@@ -119,7 +119,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     # 3. a worse model is registered but does not move the alias; with no export_size (what
     # FinalizeSettings(export_size=None) means) the webcam export is made at the trained scale
     no_size = settings.model_copy(update={"export_size": None})
-    third = finalize(all_hair, cfg.model_dump(), no_size, tracker, None, sweep="s3", progress=False)
+    third = finalize(all_hair, cfg, no_size, tracker, None, sweep="s3", progress=False)
     assert third.model_version == "3" and not third.decision["promote"]
     assert third.export["input_size"] == 65
     meta = json.loads((tmp_path / "exports" / "s3" / "model.json").read_text())
@@ -131,7 +131,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     # 4. dry run: decision shown, registry untouched
     fourth = finalize(
         all_background,
-        cfg.model_dump(),
+        cfg,
         settings.model_copy(update={"promote_margin": -0.5}),
         tracker,
         None,
@@ -147,7 +147,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     model = tracker.load_model("models:/hairseg@champion")
     assert type(model).__name__ == "DeepLabV3Plus"
     assert model_train_scale(model) == 65  # the scale travels in the registered state-dict checkpoint
-    test = load_test_split(cfg.model_dump(), "test", None)
+    test = load_test_split(cfg, "test", None)
     dataset = sample_dicts(test)
     again = evaluate_predictor(HairPredictor.from_model(model), dataset)
     assert again["miou"] == pytest.approx(second.table[0]["miou"], abs=1e-9)
@@ -164,7 +164,7 @@ def test_promotion_first_better_worse_and_champion_loads_back(
     # 5. the same (sweep, checkpoint) once more: found by its tags, nothing registered, the alias not moved,
     # the decision printed again with its interval
     capsys.readouterr()
-    again = finalize(all_background, cfg.model_dump(), settings, tracker, None, sweep="s2", progress=False)
+    again = finalize(all_background, cfg, settings, tracker, None, sweep="s2", progress=False)
     out = capsys.readouterr().out
     assert again.model_version == "2" and again.decision["promote"]
     assert len(tracker.client.search_model_versions("name='hairseg'")) == 3
@@ -184,7 +184,7 @@ def test_final_stage_record_continues_after_each_step(tmp_path: Path, tracker: T
     folder = tmp_path / "ray_results" / "sweep-r"
     record = FinalRecord.in_folder(str(folder), checkpoint_digest(ckpt))
     parent = tracker.start_sweep("sweep-r", {"name": "t", "num_samples": 1, "params": {}})
-    first = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, sweep="sweep-r", progress=False, record=record)
+    first = finalize(ckpt, cfg, settings, tracker, parent, sweep="sweep-r", progress=False, record=record)
     stored = json.loads((folder / "hairseg_final.json").read_text())[record.digest]["steps"]
     assert list(stored) == [
         "table5", "decision", "export", "finalize_run", "logged", "registration", "promotion", "finished"
@@ -198,12 +198,12 @@ def test_final_stage_record_continues_after_each_step(tmp_path: Path, tracker: T
 
     # a repeat, and a repeat after the record lost its last steps (a kill right after registration)
     reread = FinalRecord(record.uri, record.digest)
-    again = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, "sweep-r", progress=False, record=reread)
+    again = finalize(ckpt, cfg, settings, tracker, parent, "sweep-r", progress=False, record=reread)
     assert again.model_version == "1" and again.table == first.table
     cut = FinalRecord(record.uri, record.digest)
     for step in ("promotion", "finished"):
         cut.steps.pop(step)
-    third = finalize(ckpt, cfg.model_dump(), settings, tracker, parent, "sweep-r", progress=False, record=cut)
+    third = finalize(ckpt, cfg, settings, tracker, parent, "sweep-r", progress=False, record=cut)
     assert third.model_version == "1"
     assert [str(v.version) for v in tracker.client.search_model_versions("name='hairseg'")] == ["1"]
     assert str(tracker.champion("hairseg").version) == "1"

@@ -22,8 +22,9 @@ from typing import Any
 
 import pyarrow.fs
 from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
 
-from hairseg_core.config import ConfigError, FinalizeSettings, SearchSpace, load_search_space
+from hairseg_core.config import ConfigError, FinalizeSettings, SearchSpace, TrainConfig, load_search_space
 from hairseg_core.final.record import FinalRecord, checkpoint_digest
 from hairseg_core.final.report import write_report
 from hairseg_core.threads import configure_threads
@@ -80,7 +81,9 @@ def finalize_sweep(
     with tempfile.TemporaryDirectory(prefix="hairseg-final-") as tmp:
         ckpt = local_checkpoint(best.checkpoint_path, Path(tmp))
         record = open_record(record_dir, ckpt)
-        finalize(ckpt, best.config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run, record=record)
+        finalize(
+            ckpt, best.train_config, space.finalize, tracker, parent_run_id, sweep=sweep, dry_run=dry_run, record=record
+        )
     if parent_run_id and not dry_run:
         try:
             if record.get("report") is None:
@@ -135,6 +138,20 @@ class FinalStageRequest:
 
 class FinalStageInputError(ValueError):
     """What ``pipelines/finalize.py`` was pointed at does not exist or is not a sweep (one-line message)."""
+
+
+def stored_train_config(stored: Any, where: str) -> TrainConfig:
+    """A trial's settings as a checkpoint or ``best_trial.json`` stored them, typed again at this one boundary.
+
+    From here to the export the final stage passes a :class:`TrainConfig`; a record that no longer
+    validates (edited by hand, or written by an incompatible version) fails here, saying which.
+    """
+    try:
+        return TrainConfig.model_validate(stored)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        key = ".".join(str(p) for p in problem["loc"]) or "(root)"
+        raise FinalStageInputError(f"{where}: its training settings do not validate: {key}: {problem['msg']}") from None
 
 
 def run_final_stage(request: FinalStageRequest) -> int:
@@ -192,6 +209,7 @@ def _run_final_stage(request: FinalStageRequest) -> int:
     if request.checkpoint:
         state = load_model(request.checkpoint, "state")
         train_config, checkpoint, parent, sweep = state["train_config"], request.checkpoint, None, "manual"
+        train_config = stored_train_config(train_config, f"checkpoint {request.checkpoint}")
         folder = None
         tracker = Tracker(tracking_uri, request.experiment)
     else:
@@ -225,7 +243,8 @@ def _run_final_stage(request: FinalStageRequest) -> int:
                     f"[{type(exc).__name__}]"
                 ) from None
         settings = FinalizeSettings(**space.get("finalize", {}))
-        train_config, checkpoint = best["config"], best["checkpoint_path"]
+        train_config = stored_train_config(best["config"], f"best_trial.json of sweep run {parent} ({sweep})")
+        checkpoint = best["checkpoint_path"]
     if request.space_file:
         settings = load_search_space(request.space_file).finalize
     overrides = {"promote_margin": request.promote_margin, "max_test_images": request.max_test_images}

@@ -17,10 +17,9 @@ continues after the last one. All MLflow calls go through ``hairseg_core.track``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from hairseg_core.artifact import load_model
-from hairseg_core.config import FinalizeSettings
+from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.final.export_folder import write_export
 from hairseg_core.final.promotion import decide
 from hairseg_core.final.record import FinalRecord, checkpoint_digest
@@ -35,7 +34,7 @@ from hairseg_core.track.runs import Tracker
 
 def finalize(
     checkpoint_path: str | Path,
-    train_config: dict[str, Any],
+    train_config: TrainConfig,
     settings: FinalizeSettings,
     tracker: Tracker,
     parent_run_id: str | None,
@@ -71,7 +70,7 @@ def finalize(
 
 def _load(
     checkpoint_path: str | Path,
-    train_config: dict[str, Any],
+    train_config: TrainConfig,
     settings: FinalizeSettings,
     tracker: Tracker,
     parent_run_id: str | None,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hairseg_core.config import DataSource, FinalizeSettings
+from hairseg_core.config import DataSource, FinalizeSettings, TrainConfig
 from hairseg_core.data.splits import LazySplit
 from hairseg_core.final.bootstrap import PerImageCounts
 from hairseg_core.final.record import FinalRecord
@@ -35,7 +35,7 @@ class FinalStage:
     """
 
     checkpoint_path: str | Path
-    train_config: dict[str, Any]
+    train_config: TrainConfig
     settings: FinalizeSettings
     tracker: Tracker
     parent_run_id: str | None

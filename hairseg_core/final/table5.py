@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hairseg_core.config import FinalizeSettings
+from hairseg_core.config import FinalizeSettings, TrainConfig
 from hairseg_core.data.splits import RawSplit, sample_dicts
 from hairseg_core.deploy.inference import HairPredictor
 from hairseg_core.evaluate import evaluate_predictor
@@ -30,7 +30,7 @@ TABLE_METRICS = ("acc", "acc_class", "miou", "fwiou", "boundary_f")
 
 
 def other_sources_table(
-    predictor: HairPredictor, train_config: dict[str, Any], settings: FinalizeSettings, progress: bool = True
+    predictor: HairPredictor, train_config: TrainConfig, settings: FinalizeSettings, progress: bool = True
 ) -> list[dict[str, Any]]:
     """The network alone (no CRF / matting) on the test split of every further test source."""
     rows = []

@@ -9,9 +9,9 @@ from hairseg_core.data.input_path import source_dataset
 from hairseg_core.data.splits import LazySplit
 
 
-def test_sources(train_config: dict[str, Any]) -> list[DataSource]:
+def test_sources(train_config: TrainConfig) -> list[DataSource]:
     """The data sources whose test split the final stage evaluates; the first one gets Table 5."""
-    sources = [s for s in TrainConfig(**train_config).data_sources if s.test]
+    sources = [s for s in train_config.data_sources if s.test]
     if not sources:
         raise ValueError("no data source has test: true; the final stage has nothing to evaluate")
     return sources
@@ -22,7 +22,7 @@ def _split_dataset(source: DataSource, split: str) -> Any:
     return source_dataset(source, split)
 
 
-def check_test_split(train_config: dict[str, Any], split: str) -> dict[str, int]:
+def check_test_split(train_config: TrainConfig, split: str) -> dict[str, int]:
     """Decode every test image the final stage will read; return the image count per source.
 
     Run before a sweep starts: a missing split or a corrupt test image found after hours of
@@ -42,7 +42,7 @@ def check_test_split(train_config: dict[str, Any], split: str) -> dict[str, int]
 
 
 def load_test_split(
-    train_config: dict[str, Any], split: str, max_images: int | None, source: DataSource | None = None
+    train_config: TrainConfig, split: str, max_images: int | None, source: DataSource | None = None
 ) -> LazySplit:
     """The test images of one source (default: the first test source), raw, at their own resolution.
 

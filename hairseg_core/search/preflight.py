@@ -124,7 +124,7 @@ def check_trial_inputs(space: SearchSpace, finalize: bool = True) -> Prepared:
 
         split = space.finalize.test_split
         try:
-            check_test_split(space.trial_config({}).model_dump(), split)
+            check_test_split(space.trial_config({}), split)
         except (DataError, ValueError, FileNotFoundError) as exc:
             raise PreflightError(
                 f"\nerror: the final stage needs the {split!r} split: {exc}\n"
