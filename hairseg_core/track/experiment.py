@@ -24,6 +24,15 @@ from hairseg_core.track.errors import UnknownExperiment
 from hairseg_core.track.retry import create_once, with_retries
 from hairseg_core.track.tags import EXPERIMENT_KIND, TAG_CREATE_TOKEN, TAG_DATASET_CONTEXT, TAG_EXPERIMENT_KIND
 
+#: Tries of ``log_inputs`` when a concurrent run inserted the same dataset first.
+_DATASET_RACE_TRIES = 4
+#: How the SQL back-ends MLflow supports word a unique-constraint violation (sqlite, MySQL, PostgreSQL, MSSQL).
+_UNIQUE_VIOLATION = ("UNIQUE constraint failed", "Duplicate entry", "duplicate key value", "Violation of UNIQUE KEY")
+
+
+def _is_unique_violation(exc: MlflowException) -> bool:
+    return any(marker in str(exc) for marker in _UNIQUE_VIOLATION)
+
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
@@ -145,7 +154,24 @@ class ExperimentRuns:
             for f in fingerprints
         ]
         if inputs:
-            with_retries(lambda: self.client.log_inputs(run_id, datasets=inputs), "log dataset inputs")
+            self._log_inputs(run_id, inputs)
+
+    def _log_inputs(self, run_id: str, inputs: list[DatasetInput]) -> None:
+        """``log_inputs``, once more when another run registered the same dataset at the same moment.
+
+        MLflow's stores look a dataset up by (experiment, name, digest) and insert it if absent, in two
+        statements: two sweeps (or trials) of one experiment logging one data set at the same instant
+        make the slower insert fail its unique constraint (seen with two sweeps started together on one
+        ``mlflow server``). The failed call changed nothing; the retry finds the dataset and only links it.
+        """
+        for attempt in range(_DATASET_RACE_TRIES):
+            try:
+                with_retries(lambda: self.client.log_inputs(run_id, datasets=inputs), "log dataset inputs")
+                return
+            except MlflowException as exc:
+                if attempt + 1 == _DATASET_RACE_TRIES or not _is_unique_violation(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def copy_datasets(self, src_run_id: str, dst_run_id: str) -> None:
         """Log the dataset inputs of one run onto another (a trial fed the sweep's shared data)."""
