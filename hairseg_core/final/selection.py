@@ -24,7 +24,14 @@ import pyarrow.fs
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
-from hairseg_core.config import ConfigError, FinalizeSettings, SearchSpace, TrainConfig, load_search_space
+from hairseg_core.config import (
+    ConfigError,
+    FinalizeSettings,
+    SearchSpace,
+    TrainConfig,
+    format_validation_error,
+    load_search_space,
+)
 from hairseg_core.final.record import FinalRecord, checkpoint_digest
 from hairseg_core.final.report import write_report
 from hairseg_core.threads import configure_threads
@@ -149,9 +156,9 @@ def stored_train_config(stored: Any, where: str) -> TrainConfig:
     try:
         return TrainConfig.model_validate(stored)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        key = ".".join(str(p) for p in problem["loc"]) or "(root)"
-        raise FinalStageInputError(f"{where}: its training settings do not validate: {key}: {problem['msg']}") from None
+        raise FinalStageInputError(
+            format_validation_error(exc, f"{where}: its training settings do not validate")
+        ) from None
 
 
 def run_final_stage(request: FinalStageRequest) -> int:
