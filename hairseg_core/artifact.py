@@ -282,6 +282,8 @@ class ModelMetadata:
     parity: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     train_scale: int | None = None
+    # how the "onnx" file was quantised (empty: fp32): mode, calibration images, agreement with fp32
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if int(self.input_size) < 32:
@@ -337,6 +339,7 @@ class ModelMetadata:
                 "files": dict(self.files),
                 "parity_max_abs_diff": dict(self.parity),
                 "latency_ms": dict(self.latency_ms),
+                "quantization": dict(self.quantization),
             },
         }
 
@@ -376,6 +379,7 @@ class ModelMetadata:
                 files={str(k): str(v) for k, v in (export.get("files") or {}).items()},
                 parity={str(k): float(v) for k, v in (export.get("parity_max_abs_diff") or {}).items()},
                 latency_ms={str(k): float(v) for k, v in (export.get("latency_ms") or {}).items()},
+                quantization=dict(export.get("quantization") or {}),
                 train_scale=None if train_scale is None else int(train_scale),
             )
         except MetadataError as exc:

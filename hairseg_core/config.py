@@ -422,6 +422,11 @@ class FinalizeSettings(_Strict):
     # letterbox size of the exported webcam model; None: the short side the model was trained at
     # (hairseg_core.scaling.deploy_input_size)
     export_size: Annotated[int, Field(ge=32)] | None = None
+    # int8: the export's ONNX model (model.json's "onnx" entry, which the webcam app, the browser page and
+    # `hairseg evaluate` read) is a static int8 QDQ graph calibrated on calibration_images training images,
+    # and its accuracy on every test source is measured; "none": fp32 (hairseg_core.deploy.quantize)
+    quantize: Literal["none", "int8"] = "none"
+    calibration_images: Annotated[int, Field(ge=1)] = 32
     # every trial's latency_ms: median of latency_repeats CPU passes at export_size, batch 1, with
     # latency_threads torch threads (fixed, so trials given different CPU counts compare)
     latency_threads: Annotated[int, Field(ge=1)] = 1

@@ -340,3 +340,64 @@ def test_load_model_reads_every_form_of_an_export(exported: dict, model: nn.Modu
         load_model(exported["dir"], "tflite")
     with pytest.raises(CheckpointError, match="not a hairseg checkpoint"):
         load_model(exported["checkpoint"], "state")  # an export's model.pt is not a training state
+
+
+@pytest.fixture(scope="module")
+def exported_int8(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("export-int8")
+    portraits = [synthetic_portrait(160, 200, seed=s) for s in range(6)]
+    return export_all(
+        model,
+        out,
+        input_size=129,
+        metrics={"miou": 0.91},
+        sample_image=synthetic_portrait(200, 150, seed=3),
+        latency_repeats=2,
+        quantize="int8",
+        calibration=portraits[:4],
+        frames=portraits[4:],
+    )
+
+
+def test_int8_export_is_the_onnx_entry_with_the_same_contract(exported_int8: dict) -> None:
+    """model.json points every reader at the int8 graph; input float32 NCHW, output softmax, fp32 kept."""
+    import onnx
+
+    out = exported_int8["dir"]
+    meta = read_metadata(out)
+    assert meta.files["onnx"] == "model.int8.onnx" and meta.files["onnx_fp32"] == "model.onnx"
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ, not a copy of the fp32 graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    session = load_model(out / "model.int8.onnx", "onnx")
+    x = normalize_image(synthetic_portrait(129, 129, seed=7)).numpy()
+    probs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert probs.shape == (1, 2, 129, 129) and np.allclose(probs.sum(axis=1), 1.0, atol=2 / 255)  # uint8 steps
+    fp32 = load_model(out / "model.onnx", "onnx").run(None, {session.get_inputs()[0].name: x})[0]
+    # int8, not exact: close on average (a random-weight net calibrated on 4 synthetic images; real-data
+    # accuracy of int8 is measured by the final stage, benchmarks/README.md)
+    assert float(np.mean(np.abs(probs - fp32))) < 0.1
+    # the app's loader takes the folder unchanged and runs the int8 graph
+    predictor = load_predictor(out)
+    assert predictor.runner.path.name == "model.int8.onnx"
+    assert predictor(synthetic_portrait(120, 90, seed=1)).shape == (120, 90)
+
+
+def test_int8_export_reports_agreement_and_frame_latency(exported_int8: dict) -> None:
+    parity, latency, quant = exported_int8["parity"], exported_int8["latency_ms"], exported_int8["quantization"]
+    assert parity["model.onnx"] < 1e-4  # the fp32 graph still passes the strict parity check
+    assert 0.5 < quant["agreement"] <= 1.0  # random weights: p near 0.5, decisions flip
+    assert 0.0 < quant["mean_abs_diff"] < 0.1 and quant["calibration_images"] == 4
+    assert latency["onnx_int8"] > 0 and latency["frame_1_thread"] > 0
+    meta = read_metadata(exported_int8["dir"])
+    assert meta.latency_ms == latency and meta.quantization == quant
+
+
+def test_quantize_rejects_unknown_modes_and_missing_calibration(model: nn.Module, tmp_path) -> None:
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export_all(model, tmp_path / "a", input_size=97, quantize="int4")
+    from hairseg_core.deploy.quantize import QuantizationError
+
+    with pytest.raises(QuantizationError, match="at least one image"):
+        export_all(model, tmp_path / "b", input_size=97, quantize="int8", latency_repeats=2)

@@ -24,6 +24,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UN
 from pydantic import ValidationError
 from sweep_helpers import EXPERIMENT, Workspace, sweep_runs
 
+from hairseg_core.artifact import read_metadata
 from hairseg_core.config import ConfigError, TrainConfig
 from hairseg_core.data.errors import DataError
 from hairseg_core.models import WeightsMismatchError, WeightsNotFoundError
@@ -241,3 +242,52 @@ def test_laptop_study_end_to_end_with_tiny_overrides(ws: Workspace, tmp_path: Pa
     for run in runs.trials:
         assert "val_celeb1k_miou" not in run.data.metrics, "one validation source: no per-source copy"
         assert run.data.metrics["val_miou"] > 0
+
+
+WEBCAM_LAPTOP_SPACE = LAPTOP_SPACE.with_name("webcam_laptop.yaml")
+
+
+@pytest.mark.slow
+@needs_weights
+@pytest.mark.skipif(not (SHARED_DATA / "celeb1k").is_dir(), reason="needs ../shared/data")
+def test_webcam_laptop_space_end_to_end_exports_int8_picked_on_quiet_latency(ws: Workspace, tmp_path: Path) -> None:
+    """search_spaces/webcam_laptop.yaml as shipped, cut to seconds: the pick uses the driver's latency, the
+    export's ONNX entry is the int8 graph, whose own test accuracy is measured and logged."""
+    home = tmp_path / "torch-home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / SHARED_WEIGHTS.name).symlink_to(SHARED_WEIGHTS)
+    ws.extra_env.update({"TORCH_HOME": str(home), "HAIRSEG_WEIGHTS_DIR": ""})
+    overrides = [
+        "epochs=1",
+        "max_steps_per_epoch=2",
+        "crop_size=65",
+        "base_size=65",
+        "eval_size=65",
+        "precise_bn_batches=1",
+        "scheduler.grace_period=1",
+        "finalize.max_test_images=3",
+        "finalize.export_size=65",
+        "finalize.calibration_images=4",
+        "finalize.latency_repeats=20",
+    ]
+    space = ws.cwd / "webcam_laptop.yaml"
+    space.write_text(WEBCAM_LAPTOP_SPACE.read_text().replace("../shared/data", str(SHARED_DATA)))
+    args = ["--space", str(space), "--num-samples", "2", "--quiet", "--num-cpus", "2", "--set", *overrides]
+    sweep = ws.run(args, timeout=600)
+    assert sweep.proc.returncode == 0, sweep.describe()
+    out = sweep.stdout
+    assert "measured by the driver after every trial ended" in out and "onnx int8" in out
+    assert "the exported int8 graph on every test source" in out
+    assert "registered hairseg-webcam-laptop v1: promoted to @champion" in out
+    export = next((ws.cwd / "exports").iterdir())
+    meta = read_metadata(export)
+    assert meta.files["onnx"] == "model.int8.onnx" and (export / "model.onnx").is_file()
+    assert meta.quantization["calibration_images"] == 4 and meta.latency_ms["frame_1_thread"] > 0
+    assert meta.metrics["miou"] > 0 and meta.metrics["fp32_miou"] > 0
+    runs = sweep_runs(ws.tracking_uri, "hairseg-webcam_laptop")
+    assert runs.parents[0].data.tags["hairseg.latency_method"].startswith("latency_ms: ms per 640x480 frame")
+    experiment = runs.client.get_experiment_by_name("hairseg-webcam_laptop").experiment_id
+    (finalize,) = runs.client.search_runs([experiment], "tags.`hairseg.kind` = 'finalize'")
+    final = finalize.data.metrics
+    assert final["export_celeb1k_miou"] > 0 and final["export_figaro1k_miou"] > 0
+    assert final["export_celeb1k_miou_lo"] <= final["export_celeb1k_miou"] <= final["export_celeb1k_miou_hi"]

@@ -31,7 +31,7 @@ import copy
 import io
 import json
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,11 +51,15 @@ from hairseg_core.artifact import (
     normalize_image,
     synthetic_portrait,
 )
-from hairseg_core.deploy.inference import BACKENDS
+from hairseg_core.deploy.inference import BACKENDS, HairPredictor, OnnxRunner
 from hairseg_core.deploy.latency import measure_latency
+from hairseg_core.deploy.quantize import calibration_batches, quantize_static_int8
 from hairseg_core.scaling import DEFAULT_SIZE, check_scale, deploy_input_size, model_train_scale
 
 DEFAULT_OPSET = 18
+#: ``finalize.quantize`` values: ``int8`` makes the export's ``model.onnx`` entry a static int8 QDQ graph.
+QUANTIZE_MODES = ("none", "int8")
+INT8_ONNX = "model.int8.onnx"
 DYNAMO_MIN_OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
@@ -285,6 +289,7 @@ def write_metadata(
     latency_ms: Mapping[str, float] | None = None,
     preprocess: str = "letterbox",
     train_scale: int | None = None,
+    quantization: Mapping[str, Any] | None = None,
 ) -> ModelMetadata:
     """Write ``model.json`` (ImageNet mean/std, class names, torch version and a UTC timestamp are filled in)."""
     metadata = ModelMetadata(
@@ -299,6 +304,7 @@ def write_metadata(
         files=dict(files or {}),
         parity=dict(parity or {}),
         latency_ms=dict(latency_ms or {}),
+        quantization=dict(quantization or {}),
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +335,59 @@ def save_checkpoint(model: nn.Module, path: str | Path, train_scale: int | None 
     return path
 
 
+def int8_agreement(model: nn.Module, int8_path: Path, image: np.ndarray) -> dict[str, float]:
+    """How far the int8 graph's probabilities are from eager fp32 on ``image``: max / mean |Δprob| and the
+    share of pixels whose hair decision (p >= 0.5) agrees. Reported, not checked against a tolerance:
+    int8 is expected to differ; its accuracy is measured on the test split by the final stage."""
+    x = normalize_image(image)
+    with torch.no_grad():
+        reference = ProbabilityModel(_cpu_eval_copy(model)).eval()(x).numpy()
+    got = _exported_probs(int8_path, x)
+    diff = np.abs(got - reference)
+    agree = float(np.mean((got[:, 1] >= 0.5) == (reference[:, 1] >= 0.5)))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "agreement": agree}
+
+
+def frame_latency_ms(onnx_path: Path, input_size: int, frames: Sequence[np.ndarray], repeats: int = 40) -> float:
+    """Median ms per frame the way the webcam app runs an export on one core: letterbox + normalise, ONNX
+    Runtime with one intra-op thread, the hair probability back to the frame (``HairPredictor``), cycling
+    through ``frames`` (HxWx3 uint8 RGB portraits)."""
+    predictor = HairPredictor(OnnxRunner(onnx_path, intra_op_threads=1), ModelMetadata(input_size=input_size))
+    calls = iter(range(10**9))
+    return measure_latency(lambda: predictor(frames[next(calls) % len(frames)]), repeats).median_ms
+
+
+def _quantize_int8(
+    model: nn.Module,
+    paths: dict[str, Path],
+    calibration: Sequence[np.ndarray],
+    input_size: int,
+    probe: tuple[np.ndarray, str],
+) -> dict[str, Any]:
+    """Write ``model.int8.onnx`` beside ``model.onnx`` (``paths["onnx_int8"]``); say how and how close it is."""
+    paths["onnx_int8"] = quantize_static_int8(
+        paths["onnx"], paths["onnx"].with_name(INT8_ONNX), calibration_batches(calibration, input_size)
+    )
+    return {
+        "mode": "int8 static QDQ (per-channel int8 weights, uint8 activations, MinMax)",
+        "calibration_images": len(calibration),
+        "agreement_with_fp32_on": probe[1],
+        **int8_agreement(model, paths["onnx_int8"], probe[0]),
+    }
+
+
+def _latencies(paths: Mapping[str, Path], input_size: int, repeats: int) -> dict[str, float]:
+    """Median model-only ms of each written back-end (``onnx_int8`` too when there) on a synthetic portrait."""
+    x = np.ascontiguousarray(normalize_image(synthetic_portrait(input_size, input_size)).numpy())
+    timed = {"eager": "checkpoint", "torchscript": "torchscript", "onnx": "onnx", "onnx_int8": "onnx_int8"}
+    latency: dict[str, float] = {}
+    for name, key in timed.items():
+        if key in paths:
+            runner = BACKENDS.build(name.removesuffix("_int8"), paths[key])
+            latency[name] = round(measure_latency(lambda r=runner: r(x), repeats=repeats).median_ms, 3)
+    return latency
+
+
 def export_all(
     model: nn.Module,
     out_dir: str | Path,
@@ -338,6 +397,9 @@ def export_all(
     opset: int = DEFAULT_OPSET,
     latency_repeats: int = 10,
     train_scale: int | None = None,
+    quantize: str = "none",
+    calibration: Sequence[np.ndarray] = (),
+    frames: Sequence[np.ndarray] = (),
 ) -> dict[str, Any]:
     """Write ``model.pt`` (checkpoint), ``model.ts``, ``model.onnx`` and ``model.json`` to ``out_dir``.
 
@@ -346,14 +408,20 @@ def export_all(
     because the network is only accurate at the object scale it was trained at. ``sample_image`` (HxWx3
     uint8 RGB, ideally a real photo) is used for the parity check at its own resolution; without one a
     deterministic synthetic portrait-like image is used and the returned dict says so. Latency is the
-    median model-only time of each back-end at ``input_size`` (batch 1) on this machine. Returns paths,
-    parity, latency, the sizes and the ONNX exporter/opset used.
+    median model-only time of each back-end at ``input_size`` (batch 1) on this machine; with ``frames``
+    (real portraits) also ``frame_1_thread``, the app's whole per-frame step on one core.
+
+    ``quantize="int8"`` also writes ``model.int8.onnx`` (static QDQ, calibrated on ``calibration``, training
+    images letterboxed at ``input_size``) and makes it the ``onnx`` entry of ``model.json`` (the fp32 graph
+    stays as ``onnx_fp32``), so every reader of the export runs int8 with the same float32 input and
+    softmax output. Returns paths, parity, latency, the sizes and the ONNX exporter/opset used.
     """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     train_scale = check_scale(train_scale if train_scale is not None else model_train_scale(model))
-    size = deploy_input_size(input_size, train_scale)
-    if size is None:
+    input_size = deploy_input_size(input_size, train_scale)  # type: ignore[assignment]
+    if input_size is None:
         raise ValueError("export_all: give input_size, or a train_scale (none is recorded on this model)")
-    input_size = size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in DEFAULT_FILES.items()}
@@ -365,12 +433,14 @@ def export_all(
     if sample_image is None:
         sample_image, image_source = synthetic_portrait(input_size + 23, input_size - 17), "synthetic"
     parity = parity_check(model, [paths["torchscript"], paths["onnx"]], sample_image)
-
-    x = np.ascontiguousarray(normalize_image(synthetic_portrait(input_size, input_size)).numpy())
-    latency: dict[str, float] = {}
-    for backend, file_key in (("eager", "checkpoint"), ("torchscript", "torchscript"), ("onnx", "onnx")):
-        runner = BACKENDS.build(backend, paths[file_key])
-        latency[backend] = round(measure_latency(lambda r=runner: r(x), repeats=latency_repeats).median_ms, 3)
+    files = {k: v for k, v in DEFAULT_FILES.items() if k != "metadata"}
+    quantization: dict[str, Any] = {}
+    if quantize == "int8":
+        quantization = _quantize_int8(model, paths, calibration, input_size, (sample_image, image_source))
+        files["onnx"], files["onnx_fp32"] = INT8_ONNX, DEFAULT_FILES["onnx"]
+    latency = _latencies(paths, input_size, latency_repeats)
+    if frames:
+        latency["frame_1_thread"] = round(frame_latency_ms(out / files["onnx"], input_size, frames), 3)
 
     write_metadata(
         paths["metadata"],
@@ -379,20 +449,17 @@ def export_all(
         metrics=metrics,
         onnx_opset=onnx_info.opset,
         onnx_exporter=onnx_info.exporter,
-        files={k: v for k, v in DEFAULT_FILES.items() if k != "metadata"},
+        files=files,
         parity=parity,
         latency_ms=latency,
         train_scale=train_scale,
+        quantization=quantization,
     )
     return {
-        **{key: path for key, path in paths.items()},
+        **paths,
         "dir": out,
-        "input_size": input_size,
-        "train_scale": train_scale,
-        "parity": parity,
-        "parity_image": image_source,
-        "latency_ms": latency,
-        "onnx_exporter": onnx_info.exporter,
-        "onnx_opset": onnx_info.opset,
+        **{"input_size": input_size, "train_scale": train_scale, "quantize": quantize, "quantization": quantization},
+        **{"parity": parity, "parity_image": image_source, "latency_ms": latency},
+        **{"onnx_exporter": onnx_info.exporter, "onnx_opset": onnx_info.opset},
         "onnx_fallback_reason": onnx_info.fallback_reason,
     }

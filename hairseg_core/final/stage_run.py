@@ -72,11 +72,28 @@ def log_stage(stage: FinalStage) -> None:
     for i, panel in enumerate(stage.panels):
         tracker.log_image(run_id, panel, f"table5/examples_{i}.png")
     tracker.log_artifacts(run_id, stage.export_dir, "export")
+    _log_export_figures(stage)
     _log_flicker(stage)
     tracker.set_tags(run_id, stage.tags_of_decision)
     _log_promotion_interval(tracker, run_id, stage.decision)
     if not stage.dry_run:
         stage.record.mark("logged")
+
+
+def _log_export_figures(stage: FinalStage) -> None:
+    """The deployed graph's own figures: per-frame latency on one core, and (int8) its test accuracy."""
+    metrics: dict[str, float] = {}
+    frame_ms = (stage.export.get("latency_ms") or {}).get("frame_1_thread")
+    if frame_ms is not None:
+        metrics["export_frame_ms_1_thread"] = float(frame_ms)
+    for row in stage.export.get("test") or []:
+        for key in (*TABLE_METRICS, "miou_lo", "miou_hi"):
+            if key in row:
+                metrics[f"export_{row['source']}_{key}"] = float(row[key])
+    if stage.export.get("test"):
+        stage.tracker.log_table(stage.run_id, stage.export["test"], "export/test_int8.json")
+    if metrics:
+        stage.tracker.log_metrics(stage.run_id, metrics, step=0)
 
 
 def _log_flicker(stage: FinalStage) -> None:

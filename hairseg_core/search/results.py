@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import optuna
 from ray import tune
 from ray.tune.result import TRAINING_ITERATION
 
-from hairseg_core.config import SearchSpace, TrainConfig, sampled_settings
+from hairseg_core.config import SearchSpace, TrainConfig, sampled_settings, trial_config
 from hairseg_core.search.checkpoints import holds_checkpoint_file
 from hairseg_core.search.pareto import Selection, SelectionError, TrialPoint, pareto_front, select
 from hairseg_core.search.space import SpaceSampler
@@ -120,20 +120,62 @@ class SweepFront:
     front: list[TrialPoint]
     selection: Selection | None
     error: str | None = None
+    latency_note: str | None = None  # how latency_ms was measured, when the driver re-measured it
 
 
 def sweep_front(results: tune.ResultGrid, space: SearchSpace) -> SweepFront:
-    """Points, front and pick of a sweep (``hairseg_core.search.pareto`` does the work, on Tune's results)."""
+    """Points, front and pick of a sweep (``hairseg_core.search.pareto`` does the work, on Tune's results).
+
+    When latency is an objective, every trial's ``latency_ms`` is first replaced by the driver's own
+    measurement after training (``search.deploy_latency``): quiet, interleaved, the export's form.
+    """
     points = trial_points(results, space)
+    note = None
+    if any(o.metric == "latency_ms" for o in space.objectives):
+        points, note = _with_deploy_latency(results, points, space)
     front = pareto_front(points, space.objectives)
     try:
-        return SweepFront(points, front, select(points, space.objectives, space.select))
+        return SweepFront(points, front, select(points, space.objectives, space.select), latency_note=note)
     except SelectionError as exc:
-        return SweepFront(points, front, None, str(exc))
+        return SweepFront(points, front, None, str(exc), latency_note=note)
+
+
+def _with_deploy_latency(
+    results: tune.ResultGrid, points: list[TrialPoint], space: SearchSpace
+) -> tuple[list[TrialPoint], str | None]:
+    """The points with the driver's per-frame latency (the trial's own figure kept as ``latency_trial_ms``),
+    and a line saying how it was measured (None when no trial reported anything)."""
+    from hairseg_core.search.deploy_latency import measure_deploy_latency  # deferred: torch, onnxruntime
+
+    configs = {
+        point.trial_id: trial_config(space.fixed, result.config or {})
+        for result, point in zip(results, points, strict=True)
+        if point.values
+    }
+    measured = measure_deploy_latency(configs, space.finalize)
+    if not measured:
+        return points, None
+    updated = []
+    for point in points:
+        latency = measured.get(point.trial_id)
+        if latency is not None:
+            values = dict(point.values)
+            if "latency_ms" in values:
+                values["latency_trial_ms"] = values["latency_ms"]
+            values["latency_ms"], values["latency_p90_ms"] = latency.latency_ms, latency.latency_p90_ms
+            point = replace(point, values=values)
+        updated.append(point)
+    first = next(iter(measured.values()))
+    return updated, (
+        f"latency_ms: ms per 640x480 frame as the webcam app runs the export ({first.form}, letterbox "
+        f"{first.input_size} px, one ONNX Runtime thread), median of {space.finalize.latency_repeats} rounds "
+        f"measured by the driver after every trial ended, architectures interleaved; latency_trial_ms: each "
+        f"trial's own figure, taken while other trials trained"
+    )
 
 
 #: Shown beside the objectives in the front table when a trial reported them.
-FRONT_EXTRA_METRICS = ("val_miou", "latency_ms", "latency_p90_ms", "params_m", "gmacs")
+FRONT_EXTRA_METRICS = ("val_miou", "latency_ms", "latency_p90_ms", "latency_trial_ms", "params_m", "gmacs")
 
 
 def trial_points(results: tune.ResultGrid, space: SearchSpace) -> list[TrialPoint]:

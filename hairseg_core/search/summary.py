@@ -18,7 +18,7 @@ from hairseg_core.search.results import FRONT_EXTRA_METRICS, BestTrial, latency_
 from hairseg_core.search.state import resume_command
 from hairseg_core.text_table import format_table
 from hairseg_core.track.runs import Tracker
-from hairseg_core.track.tags import TAG_LATENCY_MACHINES
+from hairseg_core.track.tags import TAG_LATENCY_MACHINES, TAG_LATENCY_METHOD
 from hairseg_core.track.view import ui_command
 
 
@@ -60,7 +60,10 @@ def report_front(results: tune.ResultGrid, space: SearchSpace, tracker: Tracker,
     if len(space.objectives) > 1:  # one objective: the front is just the best trial(s), logged only
         print()
         print(format_front(rows, space.objectives, describe_rule(space.select, space.objectives)))
-    if machines:
+    if front.latency_note:
+        print(front.latency_note)
+        tracker.set_tags(parent, {TAG_LATENCY_METHOD: front.latency_note})
+    elif machines:
         settings = space.finalize
         size = settings.export_size or "base_size"
         print(

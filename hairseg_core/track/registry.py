@@ -122,7 +122,8 @@ class ModelRegistry(ExperimentRuns):
         )
 
     def _log_onnx_model(self, run_id: str, export_dir: Path) -> Any:
-        """The export's ``model.onnx`` logged onto ``run_id`` as a logged model (created at most once).
+        """The export's ONNX graph (``model.json``'s ``onnx`` entry: the int8 one when the export is quantised,
+        what the webcam app runs) logged onto ``run_id`` as a logged model (created at most once).
 
         The signature has dynamic batch, height and width; the input example is one 64x64 synthetic
         portrait, normalised as the metadata says.
@@ -131,9 +132,10 @@ class ModelRegistry(ExperimentRuns):
         import onnx  # deferred: onnx only when registering a model
 
         # Deferred (torch, cv2): only registering a model needs the artifact layer and its probe image.
-        from hairseg_core.artifact import DEFAULT_FILES
+        from hairseg_core.artifact import DEFAULT_FILES, read_metadata
 
-        onnx_model = onnx.load(str(export_dir / DEFAULT_FILES["onnx"]))
+        deployed = read_metadata(export_dir).files.get("onnx", DEFAULT_FILES["onnx"])
+        onnx_model = onnx.load(str(export_dir / deployed))
         signature, example = _onnx_signature(onnx_model)
         extra = [str(export_dir / DEFAULT_FILES[k]) for k in ("checkpoint", "metadata")]
         logged = self._create_logged_model(run_id)

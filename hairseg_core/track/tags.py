@@ -67,6 +67,8 @@ TAG_BEST_RUN_ID = "hairseg.best_run_id"
 TAG_BEST_CHECKPOINT = "hairseg.best_checkpoint"
 #: The machines the trials' latencies were measured on (JSON).
 TAG_LATENCY_MACHINES = "hairseg.latency_machines"
+#: How the latency the Pareto pick used was measured (``search.deploy_latency``), when the driver measured it.
+TAG_LATENCY_METHOD = "hairseg.latency_method"
 #: The trials on the Pareto front of a multi-objective sweep (comma-separated ids).
 TAG_PARETO_FRONT = "hairseg.pareto_front"
 #: The search space's rule for picking one trial off the front (``select:``).
