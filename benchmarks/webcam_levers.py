@@ -95,6 +95,17 @@ def int8_copy(folder: Path, calibration: list[np.ndarray], work: Path) -> Path:
     return out
 
 
+def fp32_copy(folder: Path, work: Path) -> Path:
+    """A view of an int8 export whose ``onnx`` entry is its fp32 graph (the "before int8" step)."""
+    out = work / f"{folder.name}-fp32"
+    out.mkdir()
+    (out / "model.onnx").symlink_to((folder / "model.onnx").resolve())
+    data = json.loads((folder / "model.json").read_text())
+    data["export"]["files"] = {"onnx": "model.onnx"}
+    (out / "model.json").write_text(json.dumps(data, indent=2))
+    return out
+
+
 def read_split(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, RGB image, 0/1 mask) of a split folder with images/ and masks/ (masks: PNG, hair > 127)."""
     items = []
@@ -142,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], help="ASPP/DECODER@SIZE (repeatable)")
     parser.add_argument("--export", action="append", default=[], help="NAME=DIR of a real export (repeatable)")
     parser.add_argument("--int8-of", action="append", default=[], help="NAME of an --export to quantise here")
+    parser.add_argument("--fp32-of", action="append", default=[], help="NAME of an int8 --export to run as fp32")
     parser.add_argument("--test", action="append", default=[], help="NAME=SPLIT_DIR to score exports on")
     parser.add_argument("--images", type=int, default=100, help="portraits to cycle through")
     parser.add_argument("--rounds", type=int, default=100)
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, HairPredictor] = {}
     with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
         folders = {name: Path(folder) for name, _, folder in (item.partition("=") for item in args.export)}
+        for name in args.fp32_of:
+            folders[f"{name} fp32 graph"] = fp32_copy(folders[name], Path(tmp))
         for name in args.int8_of:
             folders[f"{name} int8 (quantised here)"] = int8_copy(folders[name], calibration, Path(tmp))
         for name, folder in folders.items():
