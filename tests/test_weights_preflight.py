@@ -272,7 +272,8 @@ def test_webcam_laptop_space_end_to_end_exports_int8_picked_on_quiet_latency(ws:
     ]
     space = ws.cwd / "webcam_laptop.yaml"
     space.write_text(WEBCAM_LAPTOP_SPACE.read_text().replace("../shared/data", str(SHARED_DATA)))
-    args = ["--space", str(space), "--num-samples", "2", "--quiet", "--num-cpus", "2", "--set", *overrides]
+    # as shipped: its four enqueued heads, so four (tiny) trials
+    args = ["--space", str(space), "--num-samples", "4", "--quiet", "--num-cpus", "2", "--set", *overrides]
     sweep = ws.run(args, timeout=600)
     assert sweep.proc.returncode == 0, sweep.describe()
     out = sweep.stdout
