@@ -57,7 +57,10 @@ class DataSource(_Strict):
     ``name`` labels its metrics (``val_<name>_miou``) and final-stage rows. ``train`` adds its
     training split to the pooled training set; ``val`` reports its validation split on its own and
     counts it in the combined ``val_*`` metrics; ``test`` makes the final stage evaluate its test
-    split too.
+    split too. ``weight`` sets the source's share of the pooled training draws relative to the other
+    training sources (``hairseg_core.data.sampling``); left out everywhere, the pool is drawn in
+    proportion to size. Every image is resized to the run's ``base_size`` (short side) before cropping,
+    so sources stored at different resolutions (512 px celeb1k, 256 px celebamask4k) train at one scale.
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
@@ -67,6 +70,7 @@ class DataSource(_Strict):
     train: bool = True
     val: bool = True
     test: bool = True
+    weight: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -198,6 +202,16 @@ class TrainConfig(_Strict):
         for role in ("train", "val"):
             if not any(getattr(s, role) for s in self.sources):
                 raise ValueError(f"sources: no source has {role}: true")
+        unused = [s.name for s in self.sources if s.weight is not None and not s.train]
+        if unused:
+            raise ValueError(f"sources: weight given on {unused}, which do not train (train: false); remove it")
+        weighted = [s.name for s in self.sources if s.train and s.weight is not None]
+        unweighted = [s.name for s in self.sources if s.train and s.weight is None]
+        if weighted and unweighted:
+            raise ValueError(
+                f"sources: weight given on {weighted} but not on {unweighted}; give every training source a "
+                "weight (its share of the draws), or none (drawn in proportion to size)"
+            )
         return self
 
     @property

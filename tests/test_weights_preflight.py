@@ -22,7 +22,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from pydantic import ValidationError
-from sweep_helpers import EXPERIMENT, Workspace, sweep_runs
+from sweep_helpers import EXPERIMENT, SweepProcess, Workspace, sweep_runs
 
 from hairseg_core.artifact import read_metadata
 from hairseg_core.config import ConfigError, TrainConfig
@@ -204,32 +204,47 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAPTOP_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "laptop.yaml"
 
 
+#: shrinks a shipped real-data space to seconds: one 2-step epoch at 65 px, three test images per source
+TINY_OVERRIDES = (
+    "epochs=1",
+    "max_steps_per_epoch=2",
+    "crop_size=65",
+    "base_size=65",
+    "eval_size=65",
+    "precise_bn_batches=1",
+    "scheduler.grace_period=1",
+    "finalize.max_test_images=3",
+    "finalize.export_size=65",
+)
+
+
+def _run_shipped_space(
+    ws: Workspace, tmp_path: Path, space_file: Path, num_samples: int, extra: tuple[str, ...] = ()
+) -> SweepProcess:
+    """``pipelines/sweep.py`` on a shipped space as it is, cut to seconds by :data:`TINY_OVERRIDES` + ``extra``.
+
+    Its ``../shared/data`` roots (relative to the repository) are made absolute, and the ImageNet file is
+    linked into a fresh torch hub cache: the sweep takes the path a user's first run takes, with no download.
+    """
+    home = tmp_path / "torch-home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / SHARED_WEIGHTS.name).symlink_to(SHARED_WEIGHTS)
+    ws.extra_env.update({"TORCH_HOME": str(home), "HAIRSEG_WEIGHTS_DIR": ""})
+    space = ws.cwd / space_file.name
+    space.write_text(space_file.read_text().replace("../shared/data", str(SHARED_DATA)))
+    overrides = [*TINY_OVERRIDES, *extra]
+    args = ["--space", str(space), "--num-samples", str(num_samples), "--quiet", "--num-cpus", "2", "--set", *overrides]
+    sweep = ws.run(args, timeout=600)
+    assert sweep.proc.returncode == 0, sweep.describe()
+    return sweep
+
+
 @pytest.mark.slow
 @needs_weights
 @pytest.mark.skipif(not (SHARED_DATA / "celeb1k").is_dir(), reason="needs ../shared/data")
 def test_laptop_study_end_to_end_with_tiny_overrides(ws: Workspace, tmp_path: Path) -> None:
     """search_spaces/laptop.yaml as shipped (real data, ImageNet weights, two sources), cut to seconds."""
-    home = tmp_path / "torch-home"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / SHARED_WEIGHTS.name).symlink_to(SHARED_WEIGHTS)
-    ws.extra_env.update({"TORCH_HOME": str(home), "HAIRSEG_WEIGHTS_DIR": ""})
-    overrides = [
-        "epochs=1",
-        "max_steps_per_epoch=2",
-        "crop_size=65",
-        "base_size=65",
-        "eval_size=65",
-        "precise_bn_batches=1",
-        "scheduler.grace_period=1",
-        "finalize.max_test_images=3",
-        "finalize.export_size=65",
-    ]
-    # the shipped file, with its ../shared/data roots (relative to the repository) made absolute
-    space = ws.cwd / "laptop.yaml"
-    space.write_text(LAPTOP_SPACE.read_text().replace("../shared/data", str(SHARED_DATA)))
-    args = ["--space", str(space), "--num-samples", "2", "--quiet", "--num-cpus", "2", "--set", *overrides]
-    sweep = ws.run(args, timeout=600)
-    assert sweep.proc.returncode == 0, sweep.describe()
+    sweep = _run_shipped_space(ws, tmp_path, LAPTOP_SPACE, num_samples=2)
     out = sweep.stdout
     assert "post-processing on the test split (paper Table 5)" in out
     assert "celeb1k" in out and "figaro1k" in out, "the final stage tests every source"
@@ -253,29 +268,9 @@ WEBCAM_LAPTOP_SPACE = LAPTOP_SPACE.with_name("webcam_laptop.yaml")
 def test_webcam_laptop_space_end_to_end_exports_int8_picked_on_quiet_latency(ws: Workspace, tmp_path: Path) -> None:
     """search_spaces/webcam_laptop.yaml as shipped, cut to seconds: the pick uses the driver's latency, the
     export's ONNX entry is the int8 graph, whose own test accuracy is measured and logged."""
-    home = tmp_path / "torch-home"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / SHARED_WEIGHTS.name).symlink_to(SHARED_WEIGHTS)
-    ws.extra_env.update({"TORCH_HOME": str(home), "HAIRSEG_WEIGHTS_DIR": ""})
-    overrides = [
-        "epochs=1",
-        "max_steps_per_epoch=2",
-        "crop_size=65",
-        "base_size=65",
-        "eval_size=65",
-        "precise_bn_batches=1",
-        "scheduler.grace_period=1",
-        "finalize.max_test_images=3",
-        "finalize.export_size=65",
-        "finalize.calibration_images=4",
-        "finalize.latency_repeats=20",
-    ]
-    space = ws.cwd / "webcam_laptop.yaml"
-    space.write_text(WEBCAM_LAPTOP_SPACE.read_text().replace("../shared/data", str(SHARED_DATA)))
     # as shipped: its four enqueued heads, so four (tiny) trials
-    args = ["--space", str(space), "--num-samples", "4", "--quiet", "--num-cpus", "2", "--set", *overrides]
-    sweep = ws.run(args, timeout=600)
-    assert sweep.proc.returncode == 0, sweep.describe()
+    extra = ("finalize.calibration_images=4", "finalize.latency_repeats=20")
+    sweep = _run_shipped_space(ws, tmp_path, WEBCAM_LAPTOP_SPACE, num_samples=4, extra=extra)
     out = sweep.stdout
     assert "measured by the driver after every trial ended" in out and "onnx int8" in out
     assert "the exported int8 graph on every test source" in out

@@ -83,19 +83,23 @@ class DataSize:
 def count_images(space: SearchSpace) -> DataSize:
     """Train and validation images of the space's data, from the dataset listings (no image is decoded)."""
     from hairseg_core.data import build_dataset  # deferred: the dataset package imports OpenCV and torch
+    from hairseg_core.data.sampling import describe_shares
 
     cfg = space.trial_config({})
 
-    def listed(split: str) -> int:
+    def listed(split: str) -> dict[str, int]:
         sources = [s for s in cfg.data_sources if getattr(s, split)]
-        return sum(len(build_dataset(s.dataset, split, root=s.data_root, **s.dataset_options)) for s in sources)
+        return {s.name: len(build_dataset(s.dataset, split, root=s.data_root, **s.dataset_options)) for s in sources}
 
     try:
         train, val = listed("train"), listed("val")
     except Exception as exc:  # the data may live on the workers only; the estimate then has no size
         return DataSize(None, None, f"not counted ({type(exc).__name__}: {str(exc)[:160]})")
     names = ", ".join(s.name for s in cfg.data_sources if s.train or s.val)
-    return DataSize(train, val, f"listed from {names}")
+    source = f"listed from {names}"
+    if len(train) > 1:
+        source += f"; {describe_shares(cfg.data_sources, train)}"
+    return DataSize(sum(train.values()), sum(val.values()), source)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from hairseg_core.artifact import TRAINING_CHECKPOINT_FORMAT, CheckpointError, check_training_format, load_model
 from hairseg_core.config import DataSettings, DataSource, TrainConfig, train_config_from_dict
@@ -39,6 +39,7 @@ from hairseg_core.data.input_path import (
 )
 from hairseg_core.data.memory import MaterializedSplit
 from hairseg_core.data.mixup import mixup_batch
+from hairseg_core.data.sampling import sample_weights, train_part_sizes
 from hairseg_core.data.splits import RawSplit, TransformedDataset, pool
 from hairseg_core.data.transforms import build_eval_transform, build_train_transform, denormalize
 from hairseg_core.models import build_model, param_groups
@@ -256,10 +257,21 @@ class Trainer:
         }
         if workers > 0:
             loader_kw.update(worker_init_fn=_seed_worker, prefetch_factor=2)
+        # sources[].weight: draw the pool by per-source shares (with replacement); else shuffle it
+        weights = sample_weights(cfg.data_sources, train_part_sizes(self.data.train, cfg.data_sources))
+        sampler = None
+        if weights is not None:
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(weights, dtype=torch.double),
+                len(weights),
+                replacement=True,
+                generator=self.loader_generator,
+            )
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=cfg.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=True,
             generator=self.loader_generator,
             **loader_kw,
