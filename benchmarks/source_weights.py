@@ -8,7 +8,7 @@ by ``sources[].weight``. Each is then tested like the final stage does (network 
 on the full-resolution masks) on celeb1k test and figaro1k test, with 95 % bootstrap intervals over images
 (2000 resamples), and celeb1k's paired difference against the proportional pool.
 
-    .venv/bin/python benchmarks/source_weights.py                      # 300 steps per variant, ~13 min on 2 cores
+    .venv/bin/python benchmarks/source_weights.py                      # 200 steps per variant, ~10 min on 2 cores
     .venv/bin/python benchmarks/source_weights.py --steps 100 --json /tmp/weights.json
 
 The last line printed is a JSON object: variant -> {celeb1k: [mIoU, lo, hi], figaro1k: [...], s_per_step}.
@@ -110,7 +110,7 @@ def run_variant(job: tuple[str, dict[str, Any], int, str]) -> tuple[str, dict[st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=300, help="training steps per variant (one epoch, poly LR over it)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per variant (one epoch, poly LR over it)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder with the three data sets")
     p.add_argument("--processes", type=int, default=2, help="variants trained at once (one thread each)")
     p.add_argument("--only", nargs="*", help="variant names to run (default: all)")
