@@ -187,8 +187,18 @@ def test_estimate_on_cpu_says_so_and_counts_the_workload_only() -> None:
     estimate = estimate_cost(laptop, LAPTOP, data)
     text = "\n".join(estimate.lines())
     assert text.startswith("cost estimate (CPU run)") and "no time estimate on CPU" in text
-    assert estimate.gpu_hours_upper is None and estimate.train_images_upper == 4 * 9 * 60 * 8
-    assert estimate.train_images_expected == pytest.approx(4 * asha_epochs(9, 3, 3) * 60 * 8)
+    cfg = laptop.trial_config({})
+    per_epoch = cfg.max_steps_per_epoch * cfg.batch_size  # the laptop study caps its epochs
+    upper = laptop.num_samples * cfg.epochs * per_epoch
+    assert estimate.gpu_hours_upper is None and estimate.train_images_upper == upper
+    sched = laptop.scheduler
+    expected = asha_epochs(cfg.epochs, sched.grace_period, sched.reduction_factor, sched.type)
+    assert estimate.train_images_expected == pytest.approx(laptop.num_samples * expected * per_epoch)
+    # an ASHA space of the same shape: fewer expected than at most
+    asha = space("webcam_laptop")
+    shaped = estimate_cost(asha, LAPTOP, data)
+    assert shaped.train_images_expected is not None and shaped.train_images_upper is not None
+    assert shaped.train_images_expected < shaped.train_images_upper
 
 
 def test_estimate_on_an_autoscaling_cluster_spreads_trials_over_its_gpus() -> None:
