@@ -132,9 +132,10 @@ class TrainConfig(_Strict):
     # many training batches (0 = off). Short runs from scratch need it: the running averages lag
     # the weights and eval mode then predicts all background.
     precise_bn_batches: Annotated[int, Field(ge=0)] = 0
-    # loss: L = L_M + gc_weight * L_C
+    # loss: L = L_M + gc_weight * L_C + lovasz_weight * L_Lovasz (the IoU surrogate; hairseg_core/train/losses.py)
     loss: Literal["ce", "focal"] = "ce"
     gc_weight: Annotated[float, Field(ge=0)] = 0.0
+    lovasz_weight: Annotated[float, Field(ge=0)] = 0.0
     focal_gamma: Annotated[float, Field(ge=0)] = 2.0
     # α weights the hair class (1 - α background). The paper's 0.5, not RetinaNet's 0.25: with
     # hair the minority class, 0.25 makes short runs predict all background (measured).

@@ -16,6 +16,7 @@ from hairseg_core.train.losses import (
     CrossEntropyLoss,
     FocalLoss,
     GradientConsistencyLoss,
+    LovaszSoftmaxLoss,
     SegLoss,
     build_loss,
     mixed_loss,
@@ -235,6 +236,66 @@ def test_segloss_gradients_flow() -> None:
     logits.requires_grad_(True)
     build_loss("focal", gc_weight=1.0)(logits, target, image=torch.randn(2, 3, 12, 10)).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- Lovász-softmax
+
+
+def _iou(pred: torch.Tensor, target: torch.Tensor, c: int) -> float:
+    inter = ((pred == c) & (target == c)).sum().item()
+    union = ((pred == c) | (target == c)).sum().item()
+    return inter / union
+
+
+def test_lovasz_equals_one_minus_iou_for_hard_predictions() -> None:
+    # The Lovász extension agrees with the set function on the cube's vertices: for (numerically) hard
+    # probabilities the loss is exactly the mean over present classes of 1 - IoU of the argmax prediction.
+    g = torch.Generator().manual_seed(11)
+    target = torch.randint(0, 2, (2, 9, 7), generator=g)
+    pred = torch.where(torch.rand(2, 9, 7, generator=g) < 0.2, 1 - target, target)  # ~20 % of pixels wrong
+    logits = torch.stack([(pred == 0).float(), (pred == 1).float()], dim=1) * 60.0
+    expected = 1.0 - (_iou(pred, target, 0) + _iou(pred, target, 1)) / 2
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected, abs=1e-5)
+    # a perfect prediction costs nothing
+    perfect = torch.stack([(target == 0).float(), (target == 1).float()], dim=1) * 60.0
+    assert LovaszSoftmaxLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lovasz_skips_ignored_pixels_and_absent_classes() -> None:
+    logits, target = _random_batch(seed=12)
+    loss = LovaszSoftmaxLoss(ignore_index=IGNORE)
+    padded_target = target.clone()
+    padded_target[:, :, 7:] = IGNORE
+    wild_logits = logits.clone()
+    wild_logits[:, :, :, 7:] = 100.0 * torch.randn_like(wild_logits[:, :, :, 7:])  # anything under the padding
+    cropped = loss(logits[..., :7], target[..., :7])
+    assert torch.allclose(loss(wild_logits, padded_target), cropped, atol=1e-6)
+    # no hair in the batch: only the background term counts (a hair-free batch never asks for hair IoU)
+    no_hair = torch.zeros_like(target)
+    bg_only = torch.stack(
+        [torch.full_like(target, 30.0, dtype=torch.float32), torch.zeros_like(target, dtype=torch.float32)], 1
+    )
+    assert loss(bg_only, no_hair).item() == pytest.approx(0.0, abs=1e-6)
+    # an all-ignored batch is a no-op that still backpropagates zeros, not NaN
+    logits.requires_grad_(True)
+    value = loss(logits, torch.full_like(target, IGNORE))
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_segloss_adds_weighted_lovasz_and_its_gradients_flow() -> None:
+    logits, target = _random_batch(seed=13)
+    logits.requires_grad_(True)
+    loss = build_loss("ce", lovasz_weight=0.5)
+    parts = loss.components(logits, target)
+    expected = CrossEntropyLoss()(logits, target) + 0.5 * LovaszSoftmaxLoss()(logits, target)
+    assert torch.allclose(parts["total"], expected, atol=1e-6)
+    assert parts["lovasz"].item() > 0
+    parts["total"].backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    assert build_loss("ce").components(logits, target)["lovasz"].item() == 0.0  # off by default, as in the paper
+    with pytest.raises(ValueError, match="lovasz_weight must be >= 0"):
+        SegLoss(CrossEntropyLoss(), lovasz_weight=-1.0)
 
 
 def test_mixed_loss() -> None:

@@ -128,12 +128,16 @@ def mixup_label(mixup: Any, alpha: Any) -> str | None:
     return {0.2: "Mixup α = 0.2", 0.4: "Mixup α = 0.4"}.get(round(value, 3))
 
 
-def loss_label(loss: Any, gc_weight: Any) -> str | None:
-    """Table 4's column for a trial's ``loss`` / ``gc_weight`` (None: focal + GC, not in the paper)."""
+def loss_label(loss: Any, gc_weight: Any, lovasz_weight: Any = 0) -> str | None:
+    """Table 4's column for a trial's ``loss`` / ``gc_weight`` (None: focal + GC or a Lovász term, not in
+    the paper)."""
     try:
         gc = float(gc_weight or 0)
+        lovasz = float(lovasz_weight or 0)
     except (TypeError, ValueError):
-        gc = 0.0
+        gc, lovasz = 0.0, 0.0
+    if lovasz > 0:
+        return None
     if str(loss) == "ce":
         return "CE+GC" if gc > 0 else "CE"
     if str(loss) == "focal" and gc == 0:

@@ -701,7 +701,7 @@ def _factor_tables(record: SweepRecord) -> list[str]:
         _comparison_table(
             "Table 4: loss function",
             paper.TABLE4_LOSS,
-            _grouped(record, lambda t: paper.loss_label(of(t, "loss"), of(t, "gc_weight"))),
+            _grouped(record, lambda t: paper.loss_label(of(t, "loss"), of(t, "gc_weight"), of(t, "lovasz_weight"))),
             "loss",
         ),
     ]

@@ -467,6 +467,7 @@ def build_train_parts(
     gc_weight: float = 0.0,
     focal_gamma: float = 2.0,
     focal_alpha: float = 0.5,
+    lovasz_weight: float = 0.0,
     optimizer: str = "adam",
     lr_backbone: float = 1e-4,
     lr_head: float = 1e-3,
@@ -477,7 +478,9 @@ def build_train_parts(
     from hairseg_core.train.losses import build_loss
 
     model = build_model(**{**model_kwargs, "pretrained": "none"}).to(device)
-    loss_fn = build_loss(loss, gc_weight=gc_weight, focal_gamma=focal_gamma, focal_alpha=focal_alpha)
+    loss_fn = build_loss(
+        loss, gc_weight=gc_weight, focal_gamma=focal_gamma, focal_alpha=focal_alpha, lovasz_weight=lovasz_weight
+    )
     return TrainParts(
         model=model,
         loss_fn=loss_fn,
@@ -613,6 +616,7 @@ class ConfigTimer:
                 gc_weight=cfg.gc_weight,
                 focal_gamma=cfg.focal_gamma,
                 focal_alpha=cfg.focal_alpha,
+                lovasz_weight=cfg.lovasz_weight,
                 optimizer=cfg.optimizer,
                 lr_backbone=cfg.lr_backbone,
                 lr_head=cfg.lr_head,

@@ -7,7 +7,9 @@ model towards "background".
 
 ``LOSSES`` maps the names a search space uses ("ce", "focal") to builders of the pixel-wise mask loss
 ``L_M``; :func:`build_loss` wraps one of them together with the optional gradient-consistency term into
-``L = L_M + w · L_C`` (paper §3.3).
+``L = L_M + w · L_C`` (paper §3.3), and optionally a Lovász-softmax term ``w_L · L_Lovász`` (Berman et al.,
+CVPR 2018), a convex surrogate of the IoU itself: it weighs each wrong pixel by how much it costs the
+Jaccard index, which cross-entropy does not, and most of a hair model's errors lie on the hair's border.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "GradientConsistencyLoss",
+    "LovaszSoftmaxLoss",
     "SegLoss",
     "build_loss",
     "mixed_loss",
@@ -205,24 +208,80 @@ class GradientConsistencyLoss(nn.Module):
         return numerator / denominator.clamp_min(self.eps)
 
 
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. errors sorted in decreasing order.
+
+    ``gt_sorted`` is the 0/1 ground truth of one class, in the order of decreasing error. Entry ``i`` is
+    how much the Jaccard loss grows when the ``i``-th worst pixel is added to the set of mistakes
+    (Berman et al. 2018, Alg. 1).
+    """
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovász-softmax (Berman et al., CVPR 2018): a tight convex surrogate of ``1 - IoU`` per class.
+
+    Computed over every valid pixel of the batch at once (not per image): the product's metric is a data
+    set's mIoU, one confusion matrix over all images, and a batch is the closest sample of it. Classes
+    absent from the batch's target are skipped ("present" mode), so a batch with no hair does not ask
+    for hair IoU. Ignored pixels (``ignore_index``, the crop padding) take no part.
+    """
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check_logits_target(logits, target)
+        num_classes = logits.shape[1]
+        prob = torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, num_classes)
+        labels = target.reshape(-1)
+        valid = labels != self.ignore_index
+        prob, labels = prob[valid], labels[valid]
+        terms = []
+        for c in range(num_classes):
+            fg = (labels == c).float()
+            if fg.sum() == 0:
+                continue
+            errors = (fg - prob[:, c]).abs()
+            errors_sorted, order = torch.sort(errors, descending=True)
+            terms.append(torch.dot(errors_sorted, lovasz_grad(fg[order])))
+        if not terms:  # an all-ignored batch: a no-op, still attached to the graph (see _masked_mean)
+            return logits.float().sum() * 0.0
+        return torch.stack(terms).mean()
+
+
 class SegLoss(nn.Module):
-    """``L = L_M + w · L_C`` (paper §3.3): a mask loss plus an optional gradient-consistency term."""
+    """``L = L_M + w · L_C + w_L · L_Lovász``: paper §3.3's mask loss and optional gradient-consistency term,
+    plus an optional Lovász-softmax term (the IoU surrogate; 0 by default, as in the paper)."""
 
     def __init__(
         self,
         mask_loss: nn.Module,
         gc_weight: float = 0.0,
         gc_loss: GradientConsistencyLoss | None = None,
+        lovasz_weight: float = 0.0,
+        lovasz_loss: LovaszSoftmaxLoss | None = None,
     ) -> None:
         super().__init__()
         if gc_weight < 0:
             raise ValueError(f"SegLoss: gc_weight must be >= 0, got {gc_weight}")
+        if lovasz_weight < 0:
+            raise ValueError(f"SegLoss: lovasz_weight must be >= 0, got {lovasz_weight}")
         self.mask_loss = mask_loss
         self.gc_weight = float(gc_weight)
         self.gc_loss = gc_loss if gc_loss is not None else GradientConsistencyLoss()
+        self.lovasz_weight = float(lovasz_weight)
+        self.lovasz_loss = lovasz_loss if lovasz_loss is not None else LovaszSoftmaxLoss()
 
     def components(self, logits: Tensor, target: Tensor, image: Tensor | None = None) -> dict[str, Tensor]:
-        """Return ``{"mask", "gc", "total"}`` so training can log the terms separately."""
+        """Return ``{"mask", "gc", "lovasz", "total"}`` so training can log the terms separately."""
         mask_term = self.mask_loss(logits, target)
         if self.gc_weight > 0:
             if image is None:
@@ -233,7 +292,9 @@ class SegLoss(nn.Module):
             gc_term = self.gc_loss(logits, image, target)
         else:
             gc_term = mask_term.new_zeros(())
-        return {"mask": mask_term, "gc": gc_term, "total": mask_term + self.gc_weight * gc_term}
+        lovasz_term = self.lovasz_loss(logits, target) if self.lovasz_weight > 0 else mask_term.new_zeros(())
+        total = mask_term + self.gc_weight * gc_term + self.lovasz_weight * lovasz_term
+        return {"mask": mask_term, "gc": gc_term, "lovasz": lovasz_term, "total": total}
 
     def forward(self, logits: Tensor, target: Tensor, image: Tensor | None = None) -> Tensor:
         return self.components(logits, target, image)["total"]
@@ -245,13 +306,20 @@ def build_loss(
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
     ignore_index: int = 255,
+    lovasz_weight: float = 0.0,
 ) -> SegLoss:
     """Build the training loss from search-space values; ``name`` is a key of ``LOSSES``."""
     if name == "focal":
         mask_loss = LOSSES.build(name, gamma=focal_gamma, alpha=focal_alpha, ignore_index=ignore_index)
     else:
         mask_loss = LOSSES.build(name, ignore_index=ignore_index)
-    return SegLoss(mask_loss, gc_weight=gc_weight, gc_loss=GradientConsistencyLoss(ignore_index=ignore_index))
+    return SegLoss(
+        mask_loss,
+        gc_weight=gc_weight,
+        gc_loss=GradientConsistencyLoss(ignore_index=ignore_index),
+        lovasz_weight=lovasz_weight,
+        lovasz_loss=LovaszSoftmaxLoss(ignore_index=ignore_index),
+    )
 
 
 def mixed_loss(

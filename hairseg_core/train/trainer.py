@@ -229,7 +229,11 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(groups)
         self.loss_fn = build_loss(
-            cfg.loss, gc_weight=cfg.gc_weight, focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha
+            cfg.loss,
+            gc_weight=cfg.gc_weight,
+            focal_gamma=cfg.focal_gamma,
+            focal_alpha=cfg.focal_alpha,
+            lovasz_weight=cfg.lovasz_weight,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
