@@ -22,7 +22,15 @@ def test_resume_continues_identically(tmp_path: Path) -> None:
     """Epoch 3 after a save/restore at epoch 2 equals epoch 3 of an uninterrupted run."""
     torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
     cfg = tiny_train_config(
-        tmp_path, rsc=True, blur=True, mixup=True, mixup_alpha=0.4, loss="focal", gc_weight=0.5, precise_bn_batches=2
+        tmp_path,
+        rsc=True,
+        blur=True,
+        mixup=True,
+        mixup_alpha=0.4,
+        loss="focal",
+        gc_weight=0.5,
+        lovasz_weight=0.5,
+        precise_bn_batches=2,
     )
     data = load_trial_data(cfg)
 
