@@ -97,6 +97,7 @@ class Config:
             gc_weight=0.0,
             focal_gamma=2.0,
             focal_alpha=0.5,
+            lovasz_weight=0.0,
             optimizer="adam",
             lr_backbone=1e-4,
             lr_head=1e-3,
