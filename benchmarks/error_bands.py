@@ -24,6 +24,7 @@ from hairseg_core.data import build_dataset
 from hairseg_core.deploy.inference import load_predictor
 from hairseg_core.progress import progress_bar
 from hairseg_core.threads import configure_threads
+from hairseg_core.train.metrics import ConfusionMatrix
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
@@ -42,8 +43,7 @@ def main() -> None:
     predictor = load_predictor(str(args.model), device="cpu", intra_op_threads=threads, scale="auto")
     dataset = build_dataset("folder", args.split, root=args.data)
     near = far = 0
-    inter = np.zeros((len(THRESHOLDS), 2))
-    union = np.zeros((len(THRESHOLDS), 2))
+    by_threshold = [ConfusionMatrix(num_classes=2) for _ in THRESHOLDS]
     per_image: list[tuple[int, float, str]] = []
     for i in progress_bar(range(len(dataset)), desc="scoring"):
         sample = dataset[i]
@@ -55,10 +55,8 @@ def main() -> None:
         in_band = distance <= args.band * min(truth.shape) / 512
         near += int((wrong & in_band).sum())
         far += int((wrong & ~in_band).sum())
-        for k, t in enumerate(THRESHOLDS):
-            pred = prob >= t
-            inter[k] += ((~pred & ~truth).sum(), (pred & truth).sum())
-            union[k] += ((~pred | ~truth).sum(), (pred | truth).sum())
+        for matrix, t in zip(by_threshold, THRESHOLDS, strict=True):
+            matrix.update((prob >= t).astype(np.int64), truth.astype(np.int64))
         hair_union = int((truth | (prob >= 0.5)).sum())
         hair_iou = float(((prob >= 0.5) & truth).sum() / hair_union) if hair_union else 1.0
         per_image.append((int(wrong.sum()), hair_iou, str(sample.get("name", i))))
@@ -69,7 +67,7 @@ def main() -> None:
     print(f"wrong pixels farther away:                               {100 * far / total:.1f} %")
     print(
         "data set mIoU by probability threshold: "
-        + "  ".join(f"{t:.2f}: {(inter[k] / union[k]).mean():.4f}" for k, t in enumerate(THRESHOLDS))
+        + "  ".join(f"{t:.2f}: {m.compute()['miou']:.4f}" for m, t in zip(by_threshold, THRESHOLDS, strict=True))
     )
     per_image.sort(reverse=True)
     cumulative = 0
